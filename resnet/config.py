@@ -1,0 +1,141 @@
+"""Building models from gin: shipped config names, gin files and binding strings."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import gin
+
+from resnet.model import ResNet
+
+_CONFIG_PACKAGE = "resnet.configs"
+
+
+def configs_dir() -> Path:
+    """Directory holding the shipped gin configs (installed with the package as `resnet.configs`)."""
+    try:
+        return Path(str(importlib.resources.files(_CONFIG_PACKAGE)))
+    except ModuleNotFoundError:  # running from a source checkout that was not installed
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def available_configs() -> list[str]:
+    """Names of the shipped configs, e.g. `"resnet50"`, `"cifar/resnet56"`."""
+    root = configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.gin"))
+
+
+def config_path(config: str | os.PathLike) -> Path:
+    """Resolves a shipped config name or a path to an existing `.gin` file.
+
+    Raises:
+        ValueError: Neither a shipped config nor an existing file; the message lists the
+            shipped names.
+    """
+    text = os.fspath(config)
+    path = Path(text)
+    if path.suffix == ".gin" and path.is_file():
+        return path
+    shipped = configs_dir() / f"{text}.gin"
+    if path.suffix != ".gin" and shipped.is_file():
+        return shipped
+    raise ValueError(
+        f"Unknown config {text!r}: not a shipped config and not an existing .gin file. "
+        f"Shipped configs: {', '.join(available_configs())}."
+    )
+
+
+# Shipped configs `include` each other by name ("resnet50.gin", "cifar/resnet20.gin"); user files
+# can include them the same way.
+gin.add_config_file_search_path(str(configs_dir()))
+
+
+class _QuietIncludeSearch(logging.Filter):
+    """Drops gin's "Path not found" error, logged while it probes include search paths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.getMessage().startswith("Path not found")
+            and record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+        )
+
+
+@contextlib.contextmanager
+def _quiet_include_search() -> Iterator[None]:
+    quiet = _QuietIncludeSearch()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str] = ()) -> None:
+    """Parses gin files (shipped names or paths) and binding strings into the global gin config.
+
+    Raises:
+        ValueError: An unknown config name, or a gin error (syntax, unknown configurable or
+            parameter), with the file and line where gin reports them.
+    """
+    for config in config_files:
+        path = config_path(config)
+        try:
+            with _quiet_include_search():
+                gin.parse_config_file(str(path))
+        except (ValueError, SyntaxError, IOError, TypeError) as error:
+            raise ValueError(f"Invalid gin config {path}: {_describe(error)}") from error
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, SyntaxError, TypeError) as error:
+            raise ValueError(f"Invalid gin binding {binding!r}: {_describe(error)}") from error
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, SyntaxError) and error.lineno is not None:
+        where = f" (in {error.filename}, line {error.lineno})" if error.filename else f" (line {error.lineno})"
+        return f"syntax error: {error.msg}{where}\n    {(error.text or '').rstrip()}"
+    return str(error)
+
+
+@contextlib.contextmanager
+def fresh_gin_config() -> Iterator[None]:
+    """Clears gin's global config on entry and exit, so no binding leaks into or out of the block."""
+    gin.clear_config()
+    try:
+        yield
+    finally:
+        gin.clear_config()
+
+
+def build(config: str | os.PathLike, bindings: Iterable[str] = ()) -> ResNet:
+    """Builds a `ResNet` from a shipped config name or a gin file, plus extra bindings.
+
+    Each call starts from an empty gin config and clears it afterwards, so two builds in one
+    process never see each other's bindings (and bindings parsed before the call are dropped).
+
+    Args:
+        config: A shipped config name (`"resnet50"`, `"cifar/resnet56"`; see
+            `available_configs()`) or a path to a `.gin` file.
+        bindings: Extra gin binding strings, applied after the file, e.g.
+            `["ResNet.num_classes = 10", "ResNet.norm = 'group'"]`.
+
+    Returns:
+        The built model.
+
+    Example:
+
+    >>> model = build("cifar/resnet20", ["ResNet.num_classes = 100"])
+    >>> model.output_shape
+    (None, 100)
+    """
+    if isinstance(bindings, str):
+        bindings = [bindings]
+    with fresh_gin_config():
+        parse([config], bindings)
+        return gin.get_configurable(ResNet)()

@@ -1,0 +1,347 @@
+"""Residual blocks: `BasicBlock` (two 3x3 convs) and `BottleneckBlock` (1x1, 3x3, 1x1).
+
+Both come in the post-activation form of the original paper (He et al., 2016a: conv, norm,
+activation, ..., add, activation) and, with `preact=True`, the pre-activation form of
+"Identity Mappings in Deep Residual Networks" (He et al., 2016b: norm, activation, conv, ...,
+add; nothing after the addition). The shared machinery lives in `ResidualBlock`; the two
+classes only say which convolutions make up the residual branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from resnet.layers.activations import get_activation, serialize_activation
+from resnet.layers.attention import SqueezeExcite
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
+from resnet.layers.normalization import make_norm
+from resnet.layers.regularization import DropPath
+from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec, serialize_value
+from resnet.validation import check_choice, check_int, check_rate
+
+STRIDE_POSITIONS = ("1x1", "3x3")
+
+
+class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
+    """Base class of the residual blocks: shortcut, norms, SE, drop path and activation.
+
+    Subclasses define `output_channels` and `_branch()`, the residual branch as a list of
+    `(filters, kernel_size, strides, dilation, groups)`, one per conv, and call
+    `_make_layers()` at the end of their constructor. Arguments common to both blocks:
+
+    Args:
+        filters: Width of the block (the bottleneck's inner "planes"; output is
+            `filters * expansion`).
+        strides: Spatial stride of the block.
+        dilation: Dilation of the 3x3 convs after the strided position.
+        first_dilation: Dilation of the 3x3 conv at the strided position (defaults to
+            `dilation`); with output stride < 32, a stage's first block keeps the previous
+            stage's dilation there, as timm does.
+        groups: Groups of the 3x3 convs (ResNeXt cardinality).
+        shortcut: Shortcut spec: a name ("projection", "zero_pad", "avg_down", "identity",
+            "none"), a shortcut class, or a spec dict. See `resnet.layers.shortcuts`.
+        preact: Pre-activation form: norm and activation before each conv, no norm after the
+            last conv and no activation after the addition.
+        norm: Norm spec: "batch", "sync_batch", "group", "layer", "frozen_batch", "none", a
+            norm class, or a spec dict.
+        activation: Activation name or function.
+        se_ratio: Squeeze-and-excitation reduction ratio in (0, 1], or None for no SE.
+        drop_path_rate: Stochastic depth rate of this block, in [0, 1).
+        zero_init_last: Initialise the last norm's gamma (or, for pre-activation blocks, the
+            last conv's kernel) to zero, so the block starts as its shortcut (Goyal et al., 2017).
+        padding: "symmetric" (PyTorch) or "same" (TensorFlow).
+        use_bias: Conv bias: True, False, or "auto" (only on convs no norm follows).
+        kernel_initializer: Conv kernel initializer.
+        kernel_regularizer: Conv kernel regularizer.
+    """
+
+    owner_args = ("filters", "strides", "dilation", "first_dilation", "drop_path_rate")
+    spec_args = {"norm": "norm", "shortcut": "shortcut"}
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int,
+        dilation: int,
+        first_dilation: int | None,
+        groups: int,
+        shortcut: Any,
+        preact: bool,
+        norm: Any,
+        activation: Any,
+        se_ratio: float | None,
+        drop_path_rate: float,
+        zero_init_last: bool,
+        padding: str,
+        use_bias: bool | str,
+        kernel_initializer: Any,
+        kernel_regularizer: Any,
+        name: str | None,
+        dtype: Any,
+        trainable: bool,
+    ):
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        cls = type(self).__name__
+        check_conv_settings(padding, use_bias)
+        self.filters = check_int(f"{cls}.filters", filters)
+        self.strides = check_int(f"{cls}.strides", strides)
+        self.dilation = check_int(f"{cls}.dilation", dilation)
+        self.first_dilation = check_int(f"{cls}.first_dilation", dilation if first_dilation is None else first_dilation)
+        self.groups = check_int(f"{cls}.groups", groups)
+        self.preact = bool(preact)
+        self.norm = resolve_spec("norm", norm, f"{cls}.norm")
+        self.shortcut = resolve_spec("shortcut", shortcut, f"{cls}.shortcut")
+        self.activation = serialize_activation(activation, f"{cls}.activation")
+        if se_ratio is not None and check_rate(f"{cls}.se_ratio", se_ratio, allow_one=True) == 0.0:
+            raise ValueError(f"`{cls}.se_ratio` must be in (0, 1] or None; received {se_ratio!r}.")
+        self.se_ratio = None if se_ratio is None else float(se_ratio)
+        self.drop_path_rate = check_rate(f"{cls}.drop_path_rate", drop_path_rate)
+        self.zero_init_last = bool(zero_init_last)
+        self.padding = padding
+        self.use_bias = use_bias
+        self.kernel_initializer = serialize_value(keras.initializers.get(kernel_initializer))
+        self.kernel_regularizer = serialize_value(keras.regularizers.get(kernel_regularizer))
+
+    def _make_layers(self) -> None:
+        """Creates the sublayers; called by subclasses once their own arguments are set."""
+        self._act = get_activation(self.activation)
+        conv_settings = dict(
+            padding=self.padding,
+            use_bias=self.use_bias,
+            kernel_regularizer=self.kernel_regularizer,
+            dtype=self.dtype_policy,
+        )
+        self.shortcut_layer = build_from_spec(
+            "shortcut",
+            self.shortcut,
+            filters=self.output_channels,
+            strides=self.strides,
+            norm=None if self.preact else self.norm,
+            kernel_initializer=self.kernel_initializer,
+            name="shortcut",
+            **conv_settings,
+        )
+        self.preact_norm = make_norm(self.norm, "preact_norm", self.dtype_policy) if self.preact else None
+        branch = self._branch()
+        self.convs, self.norms = [], []
+        for i, (filters, kernel_size, strides, dilation, groups) in enumerate(branch, start=1):
+            last = i == len(branch)
+            has_norm = self.norm is not None and not (last and self.preact)
+            zero_kernel = last and self.preact and self.zero_init_last
+            self.convs.append(
+                make_conv(
+                    filters,
+                    kernel_size,
+                    strides=strides,
+                    dilation=dilation,
+                    groups=groups,
+                    name=f"conv{i}",
+                    normalized=has_norm,
+                    kernel_initializer="zeros" if zero_kernel else self.kernel_initializer,
+                    **conv_settings,
+                )
+            )
+            self.norms.append(
+                make_norm(self.norm, f"norm{i}", self.dtype_policy, zero_init=last and self.zero_init_last)
+                if has_norm
+                else None
+            )
+        self.se = (
+            SqueezeExcite(
+                self.se_ratio,
+                kernel_initializer=self.kernel_initializer,
+                kernel_regularizer=self.kernel_regularizer,
+                name="se",
+                dtype=self.dtype_policy,
+            )
+            if self.se_ratio
+            else None
+        )
+        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=self.dtype_policy) if self.drop_path_rate else None
+
+    def build(self, input_shape):
+        first_groups = self.convs[0].groups
+        if input_shape[-1] % first_groups:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: `groups`={first_groups} must divide the input "
+                f"channels, which are {input_shape[-1]}."
+            )
+        self.shortcut_layer.build(input_shape)
+        if self.preact_norm is not None:
+            self.preact_norm.build(input_shape)
+        shape = input_shape
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            if norm is not None:
+                norm.build(shape)
+        if self.se is not None:
+            self.se.build(shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.preact:
+            if self.preact_norm is not None:
+                x = self.preact_norm(x, training=training)
+            x = self._act(x)
+        shortcut_input = x if self.preact and self.shortcut_layer.projects else inputs
+        last = len(self.convs) - 1
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = conv(x)
+            if norm is not None:
+                x = norm(x, training=training)
+            if i < last:
+                x = self._act(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x, training=training)
+        if self.shortcut_layer.connects:
+            x = x + self.shortcut_layer(shortcut_input, training=training)
+        return x if self.preact else self._act(x)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+
+@register("block", "basic")
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR networks of the paper).
+
+    Args: see `ResidualBlock`. `groups` must divide `filters` and the input channels.
+
+    Example:
+
+    >>> block = BasicBlock(64)
+    >>> block(keras.ops.ones((1, 56, 56, 64))).shape
+    (1, 56, 56, 64)
+    >>> BasicBlock(32, strides=2, shortcut="zero_pad")(keras.ops.ones((1, 32, 32, 16))).shape
+    (1, 16, 16, 32)
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        groups: int = 1,
+        shortcut: Any = "projection",
+        preact: bool = False,
+        norm: Any = "batch",
+        activation: Any = "relu",
+        se_ratio: float | None = None,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        padding: str = "symmetric",
+        use_bias: bool | str = False,
+        kernel_initializer: Any = DEFAULT_KERNEL_INITIALIZER,
+        kernel_regularizer: Any = None,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        super().__init__(
+            filters, strides, dilation, first_dilation, groups, shortcut, preact, norm, activation, se_ratio,
+            drop_path_rate, zero_init_last, padding, use_bias, kernel_initializer, kernel_regularizer,
+            name, dtype, trainable,
+        )
+        if self.filters % self.groups:
+            raise ValueError(
+                f"`BasicBlock.groups`={self.groups} must divide the block width `filters`={self.filters}."
+            )
+        self._make_layers()
+
+    @property
+    def output_channels(self) -> int:
+        return self.filters
+
+    def _branch(self):
+        return [
+            (self.filters, 3, self.strides, self.first_dilation, self.groups),
+            (self.filters, 3, 1, self.dilation, self.groups),
+        ]
+
+
+@register("block", "bottleneck")
+class BottleneckBlock(ResidualBlock):
+    """1x1 reduce, 3x3 (grouped, dilated, strided), 1x1 expand (ResNet-50 and deeper, ResNeXt).
+
+    Args (besides those of `ResidualBlock`):
+        base_width: Width per group at `filters=64`; the 3x3 width is
+            `int(filters * base_width / 64) * groups` (torchvision). 128 gives wide ResNets,
+            `groups=32, base_width=4` gives ResNeXt-50 32x4d.
+        expansion: Output channels are `filters * expansion`.
+        stride_on: Where the stride goes: "3x3" (ResNet v1.5, torchvision/timm) or "1x1" (the
+            paper and keras.applications).
+
+    Example:
+
+    >>> block = BottleneckBlock(64, strides=2)
+    >>> block(keras.ops.ones((1, 56, 56, 256))).shape
+    (1, 28, 28, 256)
+    >>> [conv.filters for conv in block.convs]
+    [64, 64, 256]
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        expansion: int = 4,
+        stride_on: str = "3x3",
+        shortcut: Any = "projection",
+        preact: bool = False,
+        norm: Any = "batch",
+        activation: Any = "relu",
+        se_ratio: float | None = None,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        padding: str = "symmetric",
+        use_bias: bool | str = False,
+        kernel_initializer: Any = DEFAULT_KERNEL_INITIALIZER,
+        kernel_regularizer: Any = None,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        super().__init__(
+            filters, strides, dilation, first_dilation, groups, shortcut, preact, norm, activation, se_ratio,
+            drop_path_rate, zero_init_last, padding, use_bias, kernel_initializer, kernel_regularizer,
+            name, dtype, trainable,
+        )
+        self.base_width = check_int("BottleneckBlock.base_width", base_width)
+        self.expansion = check_int("BottleneckBlock.expansion", expansion)
+        self.stride_on = check_choice("BottleneckBlock.stride_on", stride_on, STRIDE_POSITIONS)
+        if int(self.filters * self.base_width / 64) < 1:
+            raise ValueError(
+                f"`BottleneckBlock.base_width`={base_width} with filters={filters} gives a 3x3 width of 0; "
+                "the width per group is int(filters * base_width / 64) and must be >= 1."
+            )
+        self._make_layers()
+
+    @property
+    def width(self) -> int:
+        """Channels of the 3x3 convolution."""
+        return int(self.filters * self.base_width / 64) * self.groups
+
+    @property
+    def output_channels(self) -> int:
+        return self.filters * self.expansion
+
+    def _branch(self):
+        on_1x1 = self.stride_on == "1x1"
+        return [
+            (self.width, 1, self.strides if on_1x1 else 1, 1, 1),
+            (self.width, 3, 1 if on_1x1 else self.strides, self.first_dilation, self.groups),
+            (self.output_channels, 1, 1, 1, 1),
+        ]

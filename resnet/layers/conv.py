@@ -1,0 +1,118 @@
+"""Convolution with PyTorch's explicit symmetric padding, and the conv settings blocks share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from resnet.validation import check_choice
+
+PADDINGS = ("same", "symmetric")
+BIAS_MODES = (True, False, "auto")
+
+# torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+DEFAULT_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+
+
+@keras.saving.register_keras_serializable(package="resnet")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that also accepts `padding="symmetric"`.
+
+    `"symmetric"` zero-pads `dilation * (kernel_size - 1) / 2` pixels on every side and then
+    convolves without padding, as PyTorch's `Conv2d(padding=...)` does. For strided convolutions
+    on even-sized inputs this differs from TensorFlow's `"same"` (which pads only the bottom and
+    right), and it is what makes weights ported from torchvision/timm compute the same numbers.
+    Where both conventions agree (stride 1) the layer uses `"same"` and adds no padding op.
+
+    Example:
+
+    >>> conv = Conv2D(64, 7, strides=2, padding="symmetric")
+    >>> conv(keras.ops.ones((1, 224, 224, 3))).shape
+    (1, 112, 112, 64)
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: str = "same", **kwargs: Any):
+        check_choice("padding", padding, PADDINGS + ("valid",))
+        dilation = kwargs.get("dilation_rate", 1)
+        dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
+        size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
+        stride = strides[0] if isinstance(strides, (tuple, list)) else strides
+        total = dilation * (size - 1)
+        self.padding_mode = padding
+        self.pad_size = 0
+        keras_padding = padding
+        if padding == "symmetric":
+            if stride == 1 and total % 2 == 0:
+                keras_padding = "same"
+            else:
+                keras_padding, self.pad_size = "valid", total // 2
+        super().__init__(filters, kernel_size, strides=strides, padding=keras_padding, **kwargs)
+
+    def _padded_shape(self, input_shape):
+        p = 2 * self.pad_size
+        return tuple(input_shape[:1]) + tuple(
+            None if d is None else d + p for d in input_shape[1:3]
+        ) + tuple(input_shape[3:])
+
+    def build(self, input_shape):
+        super().build(self._padded_shape(input_shape))
+
+    def call(self, inputs):
+        if self.pad_size:
+            p = self.pad_size
+            inputs = keras.ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
+        return super().call(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._padded_shape(input_shape))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["padding"] = self.padding_mode
+        return config
+
+
+def conv_bias(use_bias: bool | str, normalized: bool) -> bool:
+    """Whether a convolution gets a bias: `use_bias` True/False, or "auto" = only where no norm follows."""
+    return use_bias is True or (use_bias == "auto" and not normalized)
+
+
+def make_conv(
+    filters: int,
+    kernel_size: int,
+    *,
+    name: str,
+    padding: str,
+    use_bias: bool | str,
+    normalized: bool,
+    kernel_initializer: Any,
+    kernel_regularizer: Any,
+    dtype: Any,
+    strides: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Conv2D:
+    """Builds a convolution with the settings a block, stem or shortcut shares."""
+    return Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        groups=groups,
+        use_bias=conv_bias(use_bias, normalized),
+        kernel_initializer=keras.initializers.get(kernel_initializer),
+        kernel_regularizer=keras.regularizers.get(kernel_regularizer),
+        name=name,
+        dtype=dtype,
+    )
+
+
+def check_conv_settings(padding: str, use_bias: Any) -> None:
+    """Validates the `padding` and `use_bias` arguments every conv-owning layer takes."""
+    check_choice("padding", padding, PADDINGS)
+    check_choice("use_bias", use_bias, BIAS_MODES)

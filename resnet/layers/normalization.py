@@ -1,0 +1,199 @@
+"""Normalization layers, swappable by name (`norm="batch"`, `"group"`, ...) or gin binding.
+
+Defaults follow torchvision/timm numerics (`eps=1e-5`, PyTorch momentum 0.1, i.e. Keras
+momentum 0.9). Bind `BatchNorm.momentum` / `BatchNorm.epsilon` (and likewise for the other
+classes) in gin to change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from resnet.registry import ArgsConfigMixin, build_from_spec, register
+from resnet.validation import check_int
+
+
+@register("norm", "batch")
+class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
+    """Batch normalization over the channel axis.
+
+    Example:
+
+    >>> norm = BatchNorm(momentum=0.9, epsilon=1e-5)
+    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    (2, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        gamma_initializer: Any = "ones",
+        synchronized: bool = False,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        super().__init__(
+            axis=-1,
+            momentum=momentum,
+            epsilon=epsilon,
+            gamma_initializer=gamma_initializer,
+            synchronized=synchronized,
+            name=name,
+            dtype=dtype,
+            trainable=trainable,
+        )
+
+
+@register("norm", "sync_batch")
+class SyncBatchNorm(BatchNorm):
+    """Batch normalization whose statistics are reduced across all replicas of a strategy.
+
+    Example:
+
+    >>> norm = SyncBatchNorm()
+    >>> norm.synchronized
+    True
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        gamma_initializer: Any = "ones",
+        synchronized: bool = True,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        super().__init__(momentum, epsilon, gamma_initializer, synchronized, name, dtype, trainable)
+
+
+@register("norm", "frozen_batch")
+class FrozenBatchNorm(BatchNorm):
+    """Batch normalization fixed at its inference statistics and affine parameters.
+
+    It always normalizes with the moving mean and variance, never updates them, and its weights
+    stay non-trainable even when an enclosing model is set `trainable = True`. Use it to
+    fine-tune a pretrained network with small batches.
+
+    Example:
+
+    >>> norm = FrozenBatchNorm()
+    >>> _ = norm(keras.ops.ones((2, 4, 4, 8)), training=True)
+    >>> len(norm.trainable_weights), len(norm.non_trainable_weights)
+    (0, 4)
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        gamma_initializer: Any = "ones",
+        synchronized: bool = False,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = False,
+    ):
+        super().__init__(momentum, epsilon, gamma_initializer, synchronized, name, dtype, False)
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        # Frozen by definition: enclosing layers propagating `trainable = True` leave it frozen.
+        self._trainable = False
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+@register("norm", "group")
+class GroupNorm(ArgsConfigMixin, keras.layers.GroupNormalization):
+    """Group normalization (Wu & He, 2018) over channel groups.
+
+    Example:
+
+    >>> norm = GroupNorm(groups=32)
+    >>> norm(keras.ops.ones((2, 8, 8, 64))).shape
+    (2, 8, 8, 64)
+    """
+
+    def __init__(
+        self,
+        groups: int = 32,
+        epsilon: float = 1e-5,
+        gamma_initializer: Any = "ones",
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        check_int("GroupNorm.groups", groups)
+        super().__init__(
+            groups=groups,
+            axis=-1,
+            epsilon=epsilon,
+            gamma_initializer=gamma_initializer,
+            name=name,
+            dtype=dtype,
+            trainable=trainable,
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is not None and channels % self.groups:
+            raise ValueError(
+                f"GroupNorm {self.name!r}: `groups`={self.groups} must divide the number of "
+                f"channels, which is {channels}."
+            )
+        super().build(input_shape)
+
+
+@register("norm", "layer")
+class LayerNorm(ArgsConfigMixin, keras.layers.LayerNormalization):
+    """Layer normalization over the channels of each pixel (timm's `LayerNorm2d`).
+
+    Example:
+
+    >>> norm = LayerNorm()
+    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    (2, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        epsilon: float = 1e-5,
+        gamma_initializer: Any = "ones",
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+    ):
+        super().__init__(
+            axis=-1,
+            epsilon=epsilon,
+            gamma_initializer=gamma_initializer,
+            name=name,
+            dtype=dtype,
+            trainable=trainable,
+        )
+
+
+def make_norm(spec: dict | None, name: str, dtype: Any, zero_init: bool = False) -> keras.layers.Layer | None:
+    """Builds the norm layer a resolved spec describes (None for no normalization).
+
+    Args:
+        spec: A spec resolved by `resnet.registry.resolve_spec("norm", ...)`, or None.
+        name: Layer name.
+        dtype: Dtype policy, normally the owner's.
+        zero_init: Start with gamma = 0, so a residual branch initially outputs zero.
+    """
+    if spec is None:
+        return None
+    if zero_init:
+        spec = {**spec, "config": {**spec["config"], "gamma_initializer": "zeros"}}
+    return build_from_spec("norm", spec, name=name, dtype=dtype)

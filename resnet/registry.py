@@ -1,0 +1,237 @@
+"""How the swappable layer classes are named, bound by gin and serialized by Keras.
+
+Every public class is registered three ways by `register`:
+
+* with Keras (`keras.saving.register_keras_serializable(package="resnet")`), so a saved
+  model reloads without `custom_objects`;
+* with gin, under its class name, *without* decorating the class. `gin.register` hands gin a
+  dynamic subclass whose metaclass injects the bindings and then builds an instance of the
+  original class, so Keras still sees the real constructor signature;
+* in a per-kind table (`block`, `shortcut`, `stem`, `norm`), so a constructor argument such as
+  `block="bottleneck"`, `block=BottleneckBlock` or gin's `@BottleneckBlock` all name the same class.
+
+Layers that build other swappable layers take them as *specs*: a name, a class, or a dict
+`{"class_name": ..., "config": {...}}`. `resolve_spec` turns any of those into a complete dict
+in which every constructor argument has a value: the class default, overridden by gin's binding,
+overridden by the explicit config. Nested specs (a block's `norm` and `shortcut`) are resolved
+recursively. Stored in `get_config`, a complete spec rebuilds the same layer whatever gin
+bindings are active when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import gin
+import keras
+
+KINDS = ("block", "shortcut", "stem", "norm")
+
+# kind -> {alias or class name -> class}
+_TABLES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+# Arguments that are layer bookkeeping, never part of a spec.
+_BOOKKEEPING = ("self", "name", "dtype", "trainable")
+
+
+def register(kind: str | None = None, *aliases: str):
+    """Class decorator registering a layer with Keras, gin and (optionally) a kind table.
+
+    Args:
+        kind: One of `KINDS`, or None for classes that are not swapped by name.
+        *aliases: Short names accepted besides the class name, e.g. `"bottleneck"`.
+
+    A class may declare two attributes used by `resolve_spec`:
+        `spec_args`: `{argument: kind}` for arguments that are themselves specs.
+        `owner_args`: arguments its owner sets for every instance (filters, strides, ...);
+            they are left out of specs and must not be bound in gin.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {KINDS} or None; received {kind!r}.")
+
+    def decorator(cls: type) -> type:
+        keras.saving.register_keras_serializable(package="resnet")(cls)
+        gin.register(cls, module="resnet", allowlist=list(constructor_parameters(cls)))
+        if kind is not None:
+            for alias in (cls.__name__, *aliases):
+                _TABLES[kind][alias] = cls
+        return cls
+
+    return decorator
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named constructor parameters of `cls`, without `self` and `*args/**kwargs`."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        name: p
+        for name, p in params.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """The names accepted for `kind`, short aliases first."""
+    table = _TABLES[kind]
+    aliases = [n for n in table if n != table[n].__name__]
+    classes = sorted({cls.__name__ for cls in table.values()})
+    return tuple(aliases + classes) + (("none",) if kind == "norm" else ())
+
+
+def lookup(kind: str, value: Any, argument: str) -> type:
+    """Returns the registered class of `kind` named or given by `value`.
+
+    Accepts a name (alias or class name), a registered class, a subclass of one (gin passes
+    `@BottleneckBlock` as a dynamic subclass of `BottleneckBlock`), or a class registered later
+    by a user with `register(kind)`.
+    """
+    table = _TABLES[kind]
+    if isinstance(value, str):
+        if value in table:
+            return table[value]
+        raise ValueError(
+            f"Unknown {kind} {value!r} for `{argument}`; expected one of: {', '.join(names(kind))}."
+        )
+    if inspect.isclass(value):
+        for base in inspect.getmro(value):
+            if base in table.values():
+                return base
+        raise ValueError(
+            f"`{argument}` received class {value.__module__}.{value.__qualname__}, which is not a "
+            f"registered {kind}; decorate it with `resnet.register({kind!r})` or use one of: "
+            f"{', '.join(names(kind))}."
+        )
+    if isinstance(value, keras.layers.Layer):
+        raise ValueError(
+            f"`{argument}` takes a {kind} class, name or spec dict, not a layer instance "
+            f"(received {value.name!r}); in gin write `@{type(value).__name__}`, without `()`."
+        )
+    raise ValueError(
+        f"`{argument}` must be a {kind} name, class or spec dict; received {value!r}."
+    )
+
+
+def serialize_value(value: Any) -> Any:
+    """Converts a constructor argument to the JSON-friendly form stored in configs."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [serialize_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: serialize_value(v) for k, v in value.items()}
+    if inspect.isclass(value):
+        raise TypeError(f"Class {value.__qualname__} must be resolved to a spec before serialization.")
+    return keras.saving.serialize_keras_object(value)
+
+
+def gin_bindings(cls: type) -> dict[str, Any]:
+    """The gin bindings of `cls` in the current scope (empty if gin does not know the class)."""
+    try:
+        return gin.get_bindings(cls)
+    except ValueError:
+        return {}
+
+
+def check_unbound(cls: type, arguments, owner: str) -> None:
+    """Raises if gin binds any of `arguments` of `cls`, which `owner` sets itself."""
+    clash = sorted(set(gin_bindings(cls)) & set(arguments))
+    if clash:
+        raise ValueError(
+            f"gin binds {cls.__name__}.{clash[0]}, but {owner} sets `{clash[0]}` for every "
+            f"{cls.__name__} it builds, so the binding would be ignored; bind it on {owner} instead."
+        )
+
+
+def resolve_spec(
+    kind: str,
+    value: Any,
+    argument: str,
+    overrides: Mapping[str, Any] | None = None,
+    owner: str | None = None,
+) -> dict[str, Any] | None:
+    """Resolves a layer spec to `{"class_name": name, "config": complete_config}`.
+
+    Args:
+        kind: One of `KINDS`.
+        value: A name, class, or dict with `class_name` and optional `config`. For norms,
+            `None` or `"none"` means no normalization and resolves to None.
+        argument: The argument name reported in errors, e.g. `"BottleneckBlock.norm"`.
+        overrides: Values the owner imposes (e.g. the network-wide norm a ResNet passes to
+            its blocks); gin may not bind them on the class.
+        owner: The owner named in errors about `overrides`.
+
+    Returns:
+        The complete spec, or None for "no normalization".
+    """
+    if kind == "norm" and (value is None or value == "none"):
+        return None
+    explicit: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        if "class_name" not in value:
+            raise ValueError(f"`{argument}` spec dicts need a 'class_name' key; received {dict(value)!r}.")
+        explicit = dict(value.get("config") or {})
+        value = value["class_name"]
+    cls = lookup(kind, value, argument)
+    params = constructor_parameters(cls)
+    owner_args = set(getattr(cls, "owner_args", ()))
+    spec_params = [p for p in params if p not in _BOOKKEEPING and p not in owner_args]
+
+    unknown = sorted(set(explicit) - set(spec_params))
+    if unknown:
+        raise ValueError(
+            f"`{argument}` gives {cls.__name__} unknown argument(s) {unknown}; "
+            f"allowed: {spec_params}."
+        )
+    bound = gin_bindings(cls)
+    check_unbound(cls, owner_args, f"the owner of each {kind}")
+    overridden = set(overrides or {}) - set(explicit)
+    if overridden:
+        check_unbound(cls, overridden, owner or "the owner")
+
+    config: dict[str, Any] = {}
+    for param in spec_params:
+        default = params[param].default
+        if param in (overrides or {}):
+            config[param] = overrides[param]
+        elif param in explicit:
+            config[param] = explicit[param]
+        elif param in bound:
+            config[param] = bound[param]
+        elif default is not inspect.Parameter.empty:
+            config[param] = default
+        else:
+            raise ValueError(f"`{argument}`: {cls.__name__} needs a value for `{param}`.")
+    for param, sub_kind in getattr(cls, "spec_args", {}).items():
+        if param in config:
+            config[param] = resolve_spec(sub_kind, config[param], f"{cls.__name__}.{param}")
+    return {"class_name": cls.__name__, "config": serialize_value(config)}
+
+
+def spec_class(kind: str, spec: Mapping[str, Any]) -> type:
+    """The class of a resolved spec."""
+    return _TABLES[kind][spec["class_name"]]
+
+
+def build_from_spec(kind: str, spec: Mapping[str, Any], **instance_args: Any) -> keras.layers.Layer:
+    """Instantiates a resolved spec, adding the per-instance arguments its owner sets."""
+    return spec_class(kind, spec)(**spec["config"], **instance_args)
+
+
+class ArgsConfigMixin:
+    """`get_config` that returns every constructor argument, read from the same-named attribute.
+
+    Subclasses keep each constructor argument, normalized, in an attribute of the same name;
+    the test suite's save/load round trips check that nothing is lost.
+    """
+
+    def get_config(self) -> dict[str, Any]:
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+        for param in constructor_parameters(type(self)):
+            if param not in config:
+                config[param] = serialize_value(getattr(self, param))
+        return config
