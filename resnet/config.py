@@ -6,6 +6,7 @@ import contextlib
 import importlib.resources
 import logging
 import os
+import tokenize
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -87,16 +88,24 @@ def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str
         try:
             with _quiet_include_search():
                 gin.parse_config_file(str(path))
-        except (ValueError, SyntaxError, IOError, TypeError) as error:
+        except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin config {path}: {_describe(error)}") from error
     for binding in bindings:
         try:
             gin.parse_config(binding)
-        except (ValueError, SyntaxError, TypeError) as error:
+        except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin binding {binding!r}: {_describe(error)}") from error
 
 
+# What gin raises for a bad file or binding: unknown names (ValueError), syntax (SyntaxError, or
+# TokenError for unclosed brackets), missing includes (IOError), bad values (TypeError).
+_GIN_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, IOError, TypeError)
+
+
 def _describe(error: Exception) -> str:
+    if isinstance(error, tokenize.TokenError):
+        message, (line, _) = error.args
+        return f"syntax error: {message} (line {line})"
     if isinstance(error, SyntaxError) and error.lineno is not None:
         where = f" (in {error.filename}, line {error.lineno})" if error.filename else f" (line {error.lineno})"
         return f"syntax error: {error.msg}{where}\n    {(error.text or '').rstrip()}"

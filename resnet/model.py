@@ -10,7 +10,15 @@ import keras
 from resnet.layers.activations import serialize_activation
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings
 from resnet.layers.normalization import make_norm
-from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec, serialize_value
+from resnet.registry import (
+    ArgsConfigMixin,
+    build_from_spec,
+    check_unbound,
+    constructor_parameters,
+    register,
+    resolve_spec,
+    serialize_value,
+)
 from resnet.stage import DOWNSAMPLE_BLOCKS, ResidualStage
 from resnet.validation import check_choice, check_int, check_int_sequence, check_rate
 
@@ -66,7 +74,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
     Example:
 
     >>> model = ResNet("basic", stage_blocks=(2, 2, 2, 2), num_classes=10)
-    >>> model(keras.ops.ones((1, 64, 64, 3))).shape
+    >>> tuple(model(keras.ops.ones((1, 64, 64, 3))).shape)
     (1, 10)
     >>> {k: tuple(v.shape) for k, v in model.extract_features(keras.ops.ones((1, 64, 64, 3))).items()}
     {'C2': (1, 16, 16, 64), 'C3': (1, 8, 8, 128), 'C4': (1, 4, 4, 256), 'C5': (1, 2, 2, 512)}
@@ -139,6 +147,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
                 f"({stem_layer.stride}); use a value in {OUTPUT_STRIDES[1:]} of at least {stem_layer.stride}."
             )
 
+        check_unbound(ResidualStage, constructor_parameters(ResidualStage), "ResNet")
         total_blocks = sum(stage_blocks)
         stride, dilation, block_index = stem_layer.stride, 1, 0
         stages, feature_strides = [], {}

@@ -46,6 +46,7 @@ def register(kind: str | None = None, *aliases: str):
         `spec_args`: `{argument: kind}` for arguments that are themselves specs.
         `owner_args`: arguments its owner sets for every instance (filters, strides, ...);
             they are left out of specs and must not be bound in gin.
+        `owner`: how errors name that owner, e.g. "ResidualStage".
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"`kind` must be one of {KINDS} or None; received {kind!r}.")
@@ -76,7 +77,7 @@ def names(kind: str) -> tuple[str, ...]:
     table = _TABLES[kind]
     aliases = [n for n in table if n != table[n].__name__]
     classes = sorted({cls.__name__ for cls in table.values()})
-    return tuple(aliases + classes) + (("none",) if kind == "norm" else ())
+    return tuple(aliases + (["none"] if kind == "norm" else []) + classes)
 
 
 def lookup(kind: str, value: Any, argument: str) -> type:
@@ -139,7 +140,7 @@ def check_unbound(cls: type, arguments, owner: str) -> None:
     if clash:
         raise ValueError(
             f"gin binds {cls.__name__}.{clash[0]}, but {owner} sets `{clash[0]}` for every "
-            f"{cls.__name__} it builds, so the binding would be ignored; bind it on {owner} instead."
+            f"{cls.__name__} it builds, so the binding would have no effect; bind it on {owner} instead."
         )
 
 
@@ -184,7 +185,7 @@ def resolve_spec(
             f"allowed: {spec_params}."
         )
     bound = gin_bindings(cls)
-    check_unbound(cls, owner_args, f"the owner of each {kind}")
+    check_unbound(cls, owner_args, getattr(cls, "owner", "its owner"))
     overridden = set(overrides or {}) - set(explicit)
     if overridden:
         check_unbound(cls, overridden, owner or "the owner")

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec
 from resnet.validation import check_choice, check_int, check_rate
 
@@ -35,7 +36,7 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
     Example:
 
     >>> stage = ResidualStage("bottleneck", num_blocks=3, filters=64)
-    >>> stage(keras.ops.ones((1, 56, 56, 64))).shape
+    >>> tuple(stage(keras.ops.ones((1, 56, 56, 64))).shape)
     (1, 56, 56, 256)
 
     A stage is an ordinary layer, so it drops into any functional model:
@@ -112,10 +113,7 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
         return self.num_blocks - 1
 
     def build(self, input_shape):
-        shape = input_shape
-        for block in self.blocks:
-            block.build(shape)
-            shape = block.compute_output_shape(shape)
+        build_chain(self.blocks, input_shape)
 
     def _blocks(self, part: str) -> list:
         split = self.feature_block + 1

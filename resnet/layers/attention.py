@@ -8,6 +8,7 @@ import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, make_conv
+from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, register, serialize_value
 from resnet.validation import check_int, check_rate
 
@@ -35,7 +36,7 @@ class SqueezeExcite(ArgsConfigMixin, keras.layers.Layer):
     Example:
 
     >>> se = SqueezeExcite(ratio=1 / 16)
-    >>> se(keras.ops.ones((2, 7, 7, 256))).shape
+    >>> tuple(se(keras.ops.ones((2, 7, 7, 256))).shape)
     (2, 7, 7, 256)
     >>> se.reduce.filters
     16
@@ -75,9 +76,7 @@ class SqueezeExcite(ArgsConfigMixin, keras.layers.Layer):
         hidden = make_divisible(channels * self.ratio, self.divisor)
         self.reduce = make_conv(hidden, 1, name="reduce", **settings)
         self.expand = make_conv(channels, 1, name="expand", **settings)
-        pooled = (input_shape[0], 1, 1, channels)
-        self.reduce.build(pooled)
-        self.expand.build(self.reduce.compute_output_shape(pooled))
+        build_chain([self.reduce, self.expand], (input_shape[0], 1, 1, channels))
 
     def call(self, inputs):
         gate = keras.ops.mean(inputs, axis=(1, 2), keepdims=True)

@@ -18,6 +18,7 @@ from resnet.layers.attention import SqueezeExcite
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
 from resnet.layers.normalization import make_norm
 from resnet.layers.regularization import DropPath
+from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec, serialize_value
 from resnet.validation import check_choice, check_int, check_rate
 
@@ -57,6 +58,7 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
         kernel_regularizer: Conv kernel regularizer.
     """
 
+    owner = "ResidualStage"
     owner_args = ("filters", "strides", "dilation", "first_dilation", "drop_path_rate")
     spec_args = {"norm": "norm", "shortcut": "shortcut"}
 
@@ -168,17 +170,10 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
                 f"{type(self).__name__} {self.name!r}: `groups`={first_groups} must divide the input "
                 f"channels, which are {input_shape[-1]}."
             )
-        self.shortcut_layer.build(input_shape)
-        if self.preact_norm is not None:
-            self.preact_norm.build(input_shape)
-        shape = input_shape
-        for conv, norm in zip(self.convs, self.norms):
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
-            if norm is not None:
-                norm.build(shape)
-        if self.se is not None:
-            self.se.build(shape)
+        build_chain([self.shortcut_layer], input_shape)
+        build_chain([self.preact_norm], input_shape)
+        branch = [layer for pair in zip(self.convs, self.norms) for layer in pair]
+        build_chain(branch + [self.se], input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
@@ -218,9 +213,9 @@ class BasicBlock(ResidualBlock):
     Example:
 
     >>> block = BasicBlock(64)
-    >>> block(keras.ops.ones((1, 56, 56, 64))).shape
+    >>> tuple(block(keras.ops.ones((1, 56, 56, 64))).shape)
     (1, 56, 56, 64)
-    >>> BasicBlock(32, strides=2, shortcut="zero_pad")(keras.ops.ones((1, 32, 32, 16))).shape
+    >>> tuple(BasicBlock(32, strides=2, shortcut="zero_pad")(keras.ops.ones((1, 32, 32, 16))).shape)
     (1, 16, 16, 32)
     """
 
@@ -283,7 +278,7 @@ class BottleneckBlock(ResidualBlock):
     Example:
 
     >>> block = BottleneckBlock(64, strides=2)
-    >>> block(keras.ops.ones((1, 56, 56, 256))).shape
+    >>> tuple(block(keras.ops.ones((1, 56, 56, 256))).shape)
     (1, 28, 28, 256)
     >>> [conv.filters for conv in block.convs]
     [64, 64, 256]

@@ -31,7 +31,7 @@ class Conv2D(keras.layers.Conv2D):
     Example:
 
     >>> conv = Conv2D(64, 7, strides=2, padding="symmetric")
-    >>> conv(keras.ops.ones((1, 224, 224, 3))).shape
+    >>> tuple(conv(keras.ops.ones((1, 224, 224, 3))).shape)
     (1, 112, 112, 64)
     """
 

@@ -22,7 +22,7 @@ class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
     Example:
 
     >>> norm = BatchNorm(momentum=0.9, epsilon=1e-5)
-    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    >>> tuple(norm(keras.ops.ones((2, 8, 8, 16))).shape)
     (2, 8, 8, 16)
     """
 
@@ -120,7 +120,7 @@ class GroupNorm(ArgsConfigMixin, keras.layers.GroupNormalization):
     Example:
 
     >>> norm = GroupNorm(groups=32)
-    >>> norm(keras.ops.ones((2, 8, 8, 64))).shape
+    >>> tuple(norm(keras.ops.ones((2, 8, 8, 64))).shape)
     (2, 8, 8, 64)
     """
 
@@ -161,7 +161,7 @@ class LayerNorm(ArgsConfigMixin, keras.layers.LayerNormalization):
     Example:
 
     >>> norm = LayerNorm()
-    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    >>> tuple(norm(keras.ops.ones((2, 8, 8, 16))).shape)
     (2, 8, 8, 16)
     """
 

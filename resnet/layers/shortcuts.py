@@ -22,6 +22,7 @@ import keras
 
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
 from resnet.layers.normalization import make_norm
+from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, register, resolve_spec, serialize_value
 from resnet.validation import check_int
 
@@ -40,6 +41,7 @@ class Shortcut(ArgsConfigMixin, keras.layers.Layer):
     pre-activation block feeds those the normalized input, and the others the raw input).
     """
 
+    owner = "the block"
     owner_args = ("filters", "strides", "norm", "padding", "use_bias", "kernel_initializer", "kernel_regularizer")
     #: False only for `NoShortcut`: the block then adds nothing.
     connects = True
@@ -88,7 +90,7 @@ class IdentityShortcut(Shortcut):
 
     Example:
 
-    >>> IdentityShortcut(64)(keras.ops.ones((1, 8, 8, 64))).shape
+    >>> tuple(IdentityShortcut(64)(keras.ops.ones((1, 8, 8, 64))).shape)
     (1, 8, 8, 64)
     """
 
@@ -110,7 +112,7 @@ class ZeroPadShortcut(Shortcut):
 
     Example:
 
-    >>> ZeroPadShortcut(32, strides=2)(keras.ops.ones((1, 8, 8, 16))).shape
+    >>> tuple(ZeroPadShortcut(32, strides=2)(keras.ops.ones((1, 8, 8, 16))).shape)
     (1, 4, 4, 32)
     """
 
@@ -142,7 +144,7 @@ class ProjectionShortcut(Shortcut):
     Example:
 
     >>> sc = ProjectionShortcut(256, strides=2)
-    >>> sc(keras.ops.ones((1, 8, 8, 64))).shape
+    >>> tuple(sc(keras.ops.ones((1, 8, 8, 64))).shape)
     (1, 4, 4, 256)
     >>> sc.projects
     True
@@ -189,12 +191,7 @@ class ProjectionShortcut(Shortcut):
             dtype=self.dtype_policy,
         )
         self.norm_layer = make_norm(self.norm, "norm", self.dtype_policy)
-        shape = input_shape
-        if self.pool:
-            shape = self.pool.compute_output_shape(shape)
-        self.conv.build(shape)
-        if self.norm_layer:
-            self.norm_layer.build(self.conv.compute_output_shape(shape))
+        build_chain([self.pool, self.conv, self.norm_layer], input_shape)
 
     def _make_pool(self) -> keras.layers.Layer | None:
         """The pooling applied before the conv; None: the conv itself is strided."""
@@ -219,7 +216,7 @@ class AvgDownShortcut(ProjectionShortcut):
 
     Example:
 
-    >>> AvgDownShortcut(512, strides=2)(keras.ops.ones((1, 8, 8, 256))).shape
+    >>> tuple(AvgDownShortcut(512, strides=2)(keras.ops.ones((1, 8, 8, 256))).shape)
     (1, 4, 4, 512)
     """
 

@@ -9,6 +9,7 @@ import keras
 from resnet.layers.activations import get_activation, serialize_activation
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
 from resnet.layers.normalization import make_norm
+from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, register, resolve_spec, serialize_value
 from resnet.validation import check_int, check_int_sequence
 
@@ -37,7 +38,7 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
     Example:
 
     >>> stem = ClassicStem()
-    >>> stem(keras.ops.ones((1, 224, 224, 3))).shape
+    >>> tuple(stem(keras.ops.ones((1, 224, 224, 3))).shape)
     (1, 56, 56, 64)
     >>> stem.stride
     4
@@ -115,12 +116,7 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
         return keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]) if self.padding == "symmetric" else x
 
     def build(self, input_shape):
-        shape = input_shape
-        for conv, norm in zip(self.convs, self.norms):
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
-            if norm is not None:
-                norm.build(shape)
+        build_chain([layer for pair in zip(self.convs, self.norms) for layer in pair], input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
@@ -153,7 +149,7 @@ class DeepStem(ClassicStem):
 
     Example:
 
-    >>> DeepStem()(keras.ops.ones((1, 64, 64, 3))).shape
+    >>> tuple(DeepStem()(keras.ops.ones((1, 64, 64, 3))).shape)
     (1, 16, 16, 64)
     """
 
@@ -167,7 +163,7 @@ class CifarStem(ClassicStem):
 
     Example:
 
-    >>> CifarStem()(keras.ops.ones((1, 32, 32, 3))).shape
+    >>> tuple(CifarStem()(keras.ops.ones((1, 32, 32, 3))).shape)
     (1, 32, 32, 16)
     """
 

@@ -1,0 +1,38 @@
+"""The examples in the public docstrings run and print what they claim."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "resnet",
+    "resnet.config",
+    "resnet.flops",
+    "resnet.model",
+    "resnet.stage",
+    "resnet.layers.attention",
+    "resnet.layers.blocks",
+    "resnet.layers.conv",
+    "resnet.layers.normalization",
+    "resnet.layers.regularization",
+    "resnet.layers.shortcuts",
+    "resnet.layers.stems",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    globs = {"keras": importlib.import_module("keras"), **vars(module)}
+    result = doctest.testmod(module, globs=globs, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_every_public_class_has_an_example():
+    import resnet
+
+    missing = [n for n in resnet.__all__ if isinstance(getattr(resnet, n), type)
+               and ">>>" not in (getattr(resnet, n).__doc__ or "") and n not in ("ResidualBlock", "Shortcut")]
+    assert not missing
+

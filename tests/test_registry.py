@@ -1,0 +1,64 @@
+"""Specs: complete resolution, gin precedence, lookups, and user-registered classes."""
+
+import gin
+import keras
+import pytest
+
+import resnet
+from resnet.registry import constructor_parameters, resolve_spec
+
+
+def test_spec_lists_every_argument_except_those_the_owner_sets():
+    spec = resolve_spec("block", "bottleneck", "block")
+    params = set(constructor_parameters(resnet.BottleneckBlock))
+    owner = set(resnet.BottleneckBlock.owner_args) | {"name", "dtype", "trainable"}
+    assert spec["class_name"] == "BottleneckBlock"
+    assert set(spec["config"]) == params - owner
+    assert spec["config"]["norm"]["class_name"] == "BatchNorm"
+    assert spec["config"]["shortcut"] == {"class_name": "ProjectionShortcut", "config": {"always": False, "project_on_stride": True}}
+
+
+def test_precedence_default_then_gin_then_explicit_then_overrides():
+    gin.parse_config("BottleneckBlock.groups = 8\nBottleneckBlock.base_width = 8")
+    spec = resolve_spec("block", {"class_name": "bottleneck", "config": {"base_width": 16}}, "block",
+                        overrides={"activation": "swish"}, owner="ResNet")
+    assert spec["config"]["groups"] == 8  # gin
+    assert spec["config"]["base_width"] == 16  # explicit beats gin
+    assert spec["config"]["activation"] == "swish"  # owner override
+    assert spec["config"]["stride_on"] == "3x3"  # default
+
+
+def test_nested_specs_are_resolved_with_gin():
+    gin.parse_config("BatchNorm.momentum = 0.5\nProjectionShortcut.always = True")
+    spec = resolve_spec("block", resnet.BasicBlock, "block")
+    assert spec["config"]["norm"]["config"]["momentum"] == 0.5
+    assert spec["config"]["shortcut"]["config"]["always"] is True
+
+
+def test_gin_reference_resolves_to_the_registered_class():
+    gin.parse_config("ResidualStage.block = @BasicBlock")
+    stage = gin.get_configurable(resnet.ResidualStage)(num_blocks=1, filters=8)
+    assert type(stage.blocks[0]) is resnet.BasicBlock and stage.block["class_name"] == "BasicBlock"
+
+
+def test_unregistered_class_is_explained():
+    class Mine(keras.layers.Layer):
+        pass
+
+    with pytest.raises(ValueError, match=r"not a registered block.*resnet.register\('block'\)"):
+        resolve_spec("block", Mine, "ResNet.block")
+
+
+def test_user_registered_block_builds_into_a_resnet():
+    @resnet.register("block", "wide_basic")
+    class WideBasicBlock(resnet.BasicBlock):
+        """A BasicBlock with twice the filters."""
+
+        def _branch(self):
+            return [(f * 2 if i == 0 else f, k, s, d, g) for i, (f, k, s, d, g) in enumerate(super()._branch())]
+
+    model = resnet.build("cifar/resnet20", ["ResNet.block = 'wide_basic'"])
+    block = model.get_layer("stage1").blocks[0]
+    assert type(block) is WideBasicBlock and block.convs[0].filters == 32
+    clone = resnet.ResNet.from_config(model.get_config())
+    assert clone.count_params() == model.count_params()
