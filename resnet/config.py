@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
+import importlib.util
 import logging
 import os
 import tokenize
@@ -19,10 +19,12 @@ _CONFIG_PACKAGE = "resnet.configs"
 
 def configs_dir() -> Path:
     """Directory holding the shipped gin configs (installed with the package as `resnet.configs`)."""
-    try:
-        return Path(str(importlib.resources.files(_CONFIG_PACKAGE)))
-    except ModuleNotFoundError:  # running from a source checkout that was not installed
-        return Path(__file__).resolve().parent.parent / "configs"
+    # `resnet.configs` is a directory of gin files without `__init__.py` (a namespace package),
+    # so its location comes from the import spec rather than from a module file.
+    spec = importlib.util.find_spec(_CONFIG_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "configs"  # a source checkout, not installed
 
 
 def available_configs() -> list[str]:

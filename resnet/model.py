@@ -122,6 +122,8 @@ class ResNet(ArgsConfigMixin, keras.Model):
         check_rate("ResNet.drop_path_rate", drop_path_rate)
         check_rate("ResNet.dropout_rate", dropout_rate)
         check_choice("ResNet.pooling", pooling, POOLINGS)
+        if include_top and pooling is None:
+            raise ValueError("`ResNet.pooling` must be 'avg' or 'max' when `include_top` is True; received None.")
         if include_top:
             check_int("ResNet.num_classes", num_classes)
         input_shape = self._check_input_shape(input_shape)

@@ -83,9 +83,9 @@ def names(kind: str) -> tuple[str, ...]:
 def lookup(kind: str, value: Any, argument: str) -> type:
     """Returns the registered class of `kind` named or given by `value`.
 
-    Accepts a name (alias or class name), a registered class, a subclass of one (gin passes
-    `@BottleneckBlock` as a dynamic subclass of `BottleneckBlock`), or a class registered later
-    by a user with `register(kind)`.
+    Accepts a name (alias or class name) or a registered class, including classes users
+    register with `register(kind)`, and gin's `@BottleneckBlock` (a dynamic subclass gin makes
+    to inject bindings). An unregistered subclass is refused rather than mistaken for its base.
     """
     table = _TABLES[kind]
     if isinstance(value, str):
@@ -95,9 +95,16 @@ def lookup(kind: str, value: Any, argument: str) -> type:
             f"Unknown {kind} {value!r} for `{argument}`; expected one of: {', '.join(names(kind))}."
         )
     if inspect.isclass(value):
-        for base in inspect.getmro(value):
-            if base in table.values():
-                return base
+        registered = table.get(value.__name__)
+        if registered is value:
+            return value
+        # gin's `@Name` reference: a dynamic subclass that copies the class's name and module.
+        if (
+            registered is not None
+            and value.__bases__ == (registered,)
+            and (value.__module__, value.__qualname__) == (registered.__module__, registered.__qualname__)
+        ):
+            return registered
         raise ValueError(
             f"`{argument}` received class {value.__module__}.{value.__qualname__}, which is not a "
             f"registered {kind}; decorate it with `resnet.register({kind!r})` or use one of: "

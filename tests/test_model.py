@@ -172,6 +172,7 @@ def test_fixed_input_shape_rejects_other_sizes():
         ("ResNet.drop_path_rate = 1.0", r"ResNet.drop_path_rate.*\[0, 1\).*1.0"),
         ("ResNet.input_shape = (None, None)", r"ResNet.input_shape.*\(height, width, channels\)"),
         ("ResNet.num_classes = 0", r"ResNet.num_classes.*>= 1.*0"),
+        ("ResNet.pooling = None", r"ResNet.pooling.*'avg' or 'max' when `include_top` is True"),
     ],
 )
 def test_bad_arguments_are_named(binding, pattern):

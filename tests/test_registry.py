@@ -49,6 +49,14 @@ def test_unregistered_class_is_explained():
         resolve_spec("block", Mine, "ResNet.block")
 
 
+def test_unregistered_subclass_is_not_mistaken_for_its_base():
+    class TweakedBlock(resnet.BasicBlock):
+        pass
+
+    with pytest.raises(ValueError, match=r"TweakedBlock, which is not a registered block"):
+        resolve_spec("block", TweakedBlock, "ResNet.block")
+
+
 def test_user_registered_block_builds_into_a_resnet():
     @resnet.register("block", "wide_basic")
     class WideBasicBlock(resnet.BasicBlock):
