@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from resnet.layers.activations import serialize_activation
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings
 from resnet.layers.normalization import make_norm
 from resnet.registry import (
     ArgsConfigMixin,
@@ -17,7 +17,6 @@ from resnet.registry import (
     constructor_parameters,
     register,
     resolve_spec,
-    serialize_value,
 )
 from resnet.stage import DOWNSAMPLE_BLOCKS, ResidualStage
 from resnet.validation import check_choice, check_int, check_int_sequence, check_rate
@@ -108,7 +107,6 @@ class ResNet(ArgsConfigMixin, keras.Model):
         dtype: Any = None,
         trainable: bool = True,
     ):
-        check_conv_settings(padding, use_bias)
         stage_blocks = check_int_sequence("ResNet.stage_blocks", stage_blocks)
         n = len(stage_blocks)
         if n == 0:
@@ -131,11 +129,8 @@ class ResNet(ArgsConfigMixin, keras.Model):
 
         norm_spec = resolve_spec("norm", norm, "ResNet.norm")
         shared_settings = dict(
+            conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer),
             activation=serialize_activation(activation, "ResNet.activation"),
-            padding=padding,
-            use_bias=use_bias,
-            kernel_initializer=serialize_value(keras.initializers.get(kernel_initializer)),
-            kernel_regularizer=serialize_value(keras.regularizers.get(kernel_regularizer)),
         )
         block_spec = resolve_spec(
             "block", block, "ResNet.block", overrides=dict(shared_settings, norm=norm_spec, preact=bool(preact)), owner="ResNet"
@@ -238,11 +233,8 @@ class ResNet(ArgsConfigMixin, keras.Model):
         self.drop_path_rate = drop_path_rate
         self.preact = bool(preact)
         self.norm = norm_spec
-        self.activation = shared_settings["activation"]
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = shared_settings["kernel_initializer"]
-        self.kernel_regularizer = shared_settings["kernel_regularizer"]
+        for setting, value in shared_settings.items():
+            setattr(self, setting, value)
         self.include_top = bool(include_top)
         self.pooling = pooling
         self.dropout_rate = dropout_rate

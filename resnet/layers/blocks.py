@@ -15,11 +15,11 @@ import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
 from resnet.layers.attention import SqueezeExcite
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
 from resnet.layers.normalization import make_norm
 from resnet.layers.regularization import DropPath
 from resnet.layers.sublayers import build_chain
-from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec, serialize_value
+from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec
 from resnet.validation import check_choice, check_int, check_rate
 
 STRIDE_POSITIONS = ("1x1", "3x3")
@@ -86,7 +86,6 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
     ):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         cls = type(self).__name__
-        check_conv_settings(padding, use_bias)
         self.filters = check_int(f"{cls}.filters", filters)
         self.strides = check_int(f"{cls}.strides", strides)
         self.dilation = check_int(f"{cls}.dilation", dilation)
@@ -101,29 +100,22 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
         self.se_ratio = None if se_ratio is None else float(se_ratio)
         self.drop_path_rate = check_rate(f"{cls}.drop_path_rate", drop_path_rate)
         self.zero_init_last = bool(zero_init_last)
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = serialize_value(keras.initializers.get(kernel_initializer))
-        self.kernel_regularizer = serialize_value(keras.regularizers.get(kernel_regularizer))
+        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
+        for setting, value in self.conv_settings.items():
+            setattr(self, setting, value)
 
     def _make_layers(self) -> None:
         """Creates the sublayers; called by subclasses once their own arguments are set."""
         self._act = get_activation(self.activation)
-        conv_settings = dict(
-            padding=self.padding,
-            use_bias=self.use_bias,
-            kernel_regularizer=self.kernel_regularizer,
-            dtype=self.dtype_policy,
-        )
         self.shortcut_layer = build_from_spec(
             "shortcut",
             self.shortcut,
             filters=self.output_channels,
             strides=self.strides,
             norm=None if self.preact else self.norm,
-            kernel_initializer=self.kernel_initializer,
             name="shortcut",
-            **conv_settings,
+            dtype=self.dtype_policy,
+            **self.conv_settings,
         )
         self.preact_norm = make_norm(self.norm, "preact_norm", self.dtype_policy) if self.preact else None
         branch = self._branch()
@@ -141,8 +133,8 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
                     groups=groups,
                     name=f"conv{i}",
                     normalized=has_norm,
-                    kernel_initializer="zeros" if zero_kernel else self.kernel_initializer,
-                    **conv_settings,
+                    dtype=self.dtype_policy,
+                    **(dict(self.conv_settings, kernel_initializer="zeros") if zero_kernel else self.conv_settings),
                 )
             )
             self.norms.append(

@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 
+from resnet.registry import serialize_value
 from resnet.validation import check_choice
 
 PADDINGS = ("same", "symmetric")
@@ -112,7 +113,17 @@ def make_conv(
     )
 
 
-def check_conv_settings(padding: str, use_bias: Any) -> None:
-    """Validates the `padding` and `use_bias` arguments every conv-owning layer takes."""
+def conv_settings(padding: str, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any) -> dict[str, Any]:
+    """Validates the conv settings blocks, stems and shortcuts share; returns them serializable.
+
+    The keys are the argument names, so a layer can keep them as same-named attributes and
+    pass them on to `make_conv` or to the layers it owns.
+    """
     check_choice("padding", padding, PADDINGS)
     check_choice("use_bias", use_bias, BIAS_MODES)
+    return {
+        "padding": padding,
+        "use_bias": use_bias,
+        "kernel_initializer": serialize_value(keras.initializers.get(kernel_initializer)),
+        "kernel_regularizer": serialize_value(keras.regularizers.get(kernel_regularizer)),
+    }

@@ -19,6 +19,13 @@ from resnet.validation import check_int
 class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
     """Batch normalization over the channel axis.
 
+    Args:
+        momentum: Keras momentum of the moving statistics (PyTorch's momentum is 1 - this).
+        epsilon: Added to the variance.
+        gamma_initializer: Initializer of the scale (blocks pass "zeros" for zero-init).
+        synchronized: Reduce statistics across replicas; None takes the class default
+            (False here, True for `SyncBatchNorm`).
+
     Example:
 
     >>> norm = BatchNorm(momentum=0.9, epsilon=1e-5)
@@ -26,12 +33,14 @@ class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
     (2, 8, 8, 16)
     """
 
+    default_synchronized = False
+
     def __init__(
         self,
         momentum: float = 0.9,
         epsilon: float = 1e-5,
         gamma_initializer: Any = "ones",
-        synchronized: bool = False,
+        synchronized: bool | None = None,
         name: str | None = None,
         dtype: Any = None,
         trainable: bool = True,
@@ -41,7 +50,7 @@ class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
             momentum=momentum,
             epsilon=epsilon,
             gamma_initializer=gamma_initializer,
-            synchronized=synchronized,
+            synchronized=self.default_synchronized if synchronized is None else bool(synchronized),
             name=name,
             dtype=dtype,
             trainable=trainable,
@@ -54,22 +63,11 @@ class SyncBatchNorm(BatchNorm):
 
     Example:
 
-    >>> norm = SyncBatchNorm()
-    >>> norm.synchronized
+    >>> SyncBatchNorm().synchronized
     True
     """
 
-    def __init__(
-        self,
-        momentum: float = 0.9,
-        epsilon: float = 1e-5,
-        gamma_initializer: Any = "ones",
-        synchronized: bool = True,
-        name: str | None = None,
-        dtype: Any = None,
-        trainable: bool = True,
-    ):
-        super().__init__(momentum, epsilon, gamma_initializer, synchronized, name, dtype, trainable)
+    default_synchronized = True
 
 
 @register("norm", "frozen_batch")
@@ -77,8 +75,8 @@ class FrozenBatchNorm(BatchNorm):
     """Batch normalization fixed at its inference statistics and affine parameters.
 
     It always normalizes with the moving mean and variance, never updates them, and its weights
-    stay non-trainable even when an enclosing model is set `trainable = True`. Use it to
-    fine-tune a pretrained network with small batches.
+    stay non-trainable whatever `trainable` says, also when an enclosing model is set
+    `trainable = True`. Use it to fine-tune a pretrained network with small batches.
 
     Example:
 
@@ -87,18 +85,6 @@ class FrozenBatchNorm(BatchNorm):
     >>> len(norm.trainable_weights), len(norm.non_trainable_weights)
     (0, 4)
     """
-
-    def __init__(
-        self,
-        momentum: float = 0.9,
-        epsilon: float = 1e-5,
-        gamma_initializer: Any = "ones",
-        synchronized: bool = False,
-        name: str | None = None,
-        dtype: Any = None,
-        trainable: bool = False,
-    ):
-        super().__init__(momentum, epsilon, gamma_initializer, synchronized, name, dtype, False)
 
     @property
     def trainable(self) -> bool:

@@ -20,10 +20,10 @@ from typing import Any
 
 import keras
 
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
 from resnet.layers.normalization import make_norm
 from resnet.layers.sublayers import build_chain
-from resnet.registry import ArgsConfigMixin, register, resolve_spec, serialize_value
+from resnet.registry import ArgsConfigMixin, register, resolve_spec
 from resnet.validation import check_int
 
 
@@ -60,14 +60,12 @@ class Shortcut(ArgsConfigMixin, keras.layers.Layer):
         trainable: bool = True,
     ):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
-        check_conv_settings(padding, use_bias)
         self.filters = check_int(f"{type(self).__name__}.filters", filters)
         self.strides = check_int(f"{type(self).__name__}.strides", strides)
         self.norm = resolve_spec("norm", norm, f"{type(self).__name__}.norm")
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = serialize_value(keras.initializers.get(kernel_initializer))
-        self.kernel_regularizer = serialize_value(keras.regularizers.get(kernel_regularizer))
+        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
+        for setting, value in self.conv_settings.items():
+            setattr(self, setting, value)
         self.projects = False
 
     def _reshapes(self, input_shape) -> bool:
@@ -183,12 +181,9 @@ class ProjectionShortcut(Shortcut):
             1,
             strides=1 if self.pool else self.strides,
             name="conv",
-            padding=self.padding,
-            use_bias=self.use_bias,
             normalized=self.norm is not None,
-            kernel_initializer=self.kernel_initializer,
-            kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype_policy,
+            **self.conv_settings,
         )
         self.norm_layer = make_norm(self.norm, "norm", self.dtype_policy)
         build_chain([self.pool, self.conv, self.norm_layer], input_shape)

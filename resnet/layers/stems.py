@@ -7,10 +7,10 @@ from typing import Any
 import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
 from resnet.layers.normalization import make_norm
 from resnet.layers.sublayers import build_chain
-from resnet.registry import ArgsConfigMixin, register, resolve_spec, serialize_value
+from resnet.registry import ArgsConfigMixin, register, resolve_spec
 from resnet.validation import check_int, check_int_sequence
 
 
@@ -67,7 +67,6 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
     ):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         cls = type(self).__name__
-        check_conv_settings(padding, use_bias)
         self.widths = check_int_sequence(f"{cls}.widths", self.default_widths if widths is None else widths)
         if not self.widths:
             raise ValueError(f"`{cls}.widths` must hold at least one width; received ().")
@@ -76,10 +75,9 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
         self.pool = bool(self.default_pool if pool is None else pool)
         self.norm = resolve_spec("norm", norm, f"{cls}.norm")
         self.activation = serialize_activation(activation, f"{cls}.activation")
-        self.padding = padding
-        self.use_bias = use_bias
-        self.kernel_initializer = serialize_value(keras.initializers.get(kernel_initializer))
-        self.kernel_regularizer = serialize_value(keras.regularizers.get(kernel_regularizer))
+        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
+        for setting, value in self.conv_settings.items():
+            setattr(self, setting, value)
 
         self._act = get_activation(self.activation)
         self.convs, self.norms = [], []
@@ -90,12 +88,9 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
                     self.kernel_size,
                     strides=self.strides if i == 1 else 1,
                     name=f"conv{i}",
-                    padding=padding,
-                    use_bias=use_bias,
                     normalized=self.norm is not None,
-                    kernel_initializer=self.kernel_initializer,
-                    kernel_regularizer=self.kernel_regularizer,
                     dtype=self.dtype_policy,
+                    **self.conv_settings,
                 )
             )
             self.norms.append(make_norm(self.norm, f"norm{i}", self.dtype_policy))
