@@ -25,6 +25,36 @@ OUTPUT_STRIDES = (None, 8, 16, 32)
 POOLINGS = ("avg", "max", None)
 
 
+def _plan_stages(
+    stem_stride: int,
+    stage_blocks: Sequence[int],
+    stage_strides: Sequence[int],
+    output_stride: int | None,
+    drop_path_rate: float,
+) -> list[tuple[dict[str, Any], int]]:
+    """For each stage: its `ResidualStage` strides, dilations and drop-path rates, and the
+    network's stride after it.
+
+    Once the stride would exceed `output_stride`, stages dilate instead of striding; the first
+    dilated block keeps the previous dilation at its strided position (timm's rule). Drop-path
+    rates grow linearly from 0 at the first block to `drop_path_rate` at the last.
+    """
+    total_blocks = sum(stage_blocks)
+    stride, dilation, first_block = stem_stride, 1, 0
+    plan = []
+    for num, stage_stride in zip(stage_blocks, stage_strides):
+        first_dilation = dilation
+        if output_stride is not None and stride * stage_stride > output_stride:
+            dilation *= stage_stride
+            stage_stride = 1
+        stride *= stage_stride
+        rates = [drop_path_rate * (first_block + j) / max(total_blocks - 1, 1) for j in range(num)]
+        first_block += num
+        stage = dict(strides=stage_stride, dilation=dilation, first_dilation=first_dilation, drop_path_rates=rates)
+        plan.append((stage, stride))
+    return plan
+
+
 @register()
 class ResNet(ArgsConfigMixin, keras.Model):
     """A residual network: stem, `len(stage_blocks)` residual stages, and a classifier head.
@@ -125,6 +155,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
         if include_top:
             check_int("ResNet.num_classes", num_classes)
         input_shape = self._check_input_shape(input_shape)
+        classifier_activation = serialize_activation(classifier_activation, "ResNet.classifier_activation")
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
 
         norm_spec = resolve_spec("norm", norm, "ResNet.norm")
@@ -145,35 +176,23 @@ class ResNet(ArgsConfigMixin, keras.Model):
             )
 
         check_unbound(ResidualStage, constructor_parameters(ResidualStage), "ResNet")
-        total_blocks = sum(stage_blocks)
-        stride, dilation, block_index = stem_layer.stride, 1, 0
+        plan = _plan_stages(stem_layer.stride, stage_blocks, stage_strides, output_stride, drop_path_rate)
         stages, feature_strides = [], {}
-        for i, (num, filters, stage_stride) in enumerate(zip(stage_blocks, stage_filters, stage_strides)):
-            first_dilation = dilation
-            if output_stride is not None and stride * stage_stride > output_stride:
-                dilation *= stage_stride
-                stage_stride = 1
-            else:
-                stride *= stage_stride
-            rates = [
-                drop_path_rate * (block_index + j) / max(total_blocks - 1, 1) for j in range(num)
-            ]
-            block_index += num
+        for i, (num, filters, (stage_args, stride)) in enumerate(zip(stage_blocks, stage_filters, plan)):
             stages.append(
                 ResidualStage(
                     block_spec,
                     num_blocks=num,
                     filters=max(1, round(filters * width_multiplier)),
-                    strides=stage_stride,
-                    dilation=dilation,
-                    first_dilation=first_dilation,
-                    drop_path_rates=rates,
                     downsample_block=downsample_block,
                     name=f"stage{i + 1}",
                     dtype=policy,
+                    **stage_args,
                 )
             )
-            feature_strides[f"C{i + 2}"] = stride // stage_stride if stages[-1].feature_block < num - 1 else stride
+            # A stage whose last block downsamples has its feature map before that block.
+            downsamples_last = stages[-1].feature_block < num - 1
+            feature_strides[f"C{i + 2}"] = stride // stage_args["strides"] if downsamples_last else stride
         self._min_size = stride
         if any(dim is not None and dim < stride for dim in input_shape[:2]):
             raise ValueError(
@@ -212,12 +231,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
         if include_top:
             if dropout_rate:
                 x = keras.layers.Dropout(dropout_rate, name="dropout", dtype=policy)(x)
-            x = keras.layers.Dense(
-                num_classes,
-                activation=serialize_activation(classifier_activation, "ResNet.classifier_activation"),
-                name="classifier",
-                dtype="float32",
-            )(x)
+            x = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
         super().__init__(inputs=inputs, outputs=x, name=name, dtype=policy, trainable=trainable)
         # Inputs are checked in `call` with messages that name this model's settings.
         self.input_spec = None
@@ -239,7 +253,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
         self.pooling = pooling
         self.dropout_rate = dropout_rate
         self.num_classes = num_classes
-        self.classifier_activation = serialize_activation(classifier_activation)
+        self.classifier_activation = classifier_activation
         self.image_shape = input_shape
         self.feature_strides = feature_strides
         # Shares this model's layers; kept out of Keras' tracking so weights are not counted twice.
