@@ -26,6 +26,7 @@ from typing import Any
 
 import gin
 import keras
+from gin import config as gin_config
 
 KINDS = ("block", "shortcut", "stem", "norm")
 
@@ -198,6 +199,8 @@ def resolve_spec(
         check_unbound(cls, overridden, owner or "the owner")
 
     config: dict[str, Any] = {}
+    operative: dict[str, Any] = {}
+    raw_bound = gin.get_bindings(cls, resolve_references=False) if bound else {}
     for param in spec_params:
         default = params[param].default
         if param in (overrides or {}):
@@ -206,14 +209,32 @@ def resolve_spec(
             config[param] = explicit[param]
         elif param in bound:
             config[param] = bound[param]
+            operative[param] = raw_bound[param]
         elif default is not inspect.Parameter.empty:
-            config[param] = default
+            config[param] = operative[param] = default
         else:
             raise ValueError(f"`{argument}`: {cls.__name__} needs a value for `{param}`.")
+    _record_operative(cls, operative)
     for param, sub_kind in getattr(cls, "spec_args", {}).items():
         if param in config:
             config[param] = resolve_spec(sub_kind, config[param], f"{cls.__name__}.{param}")
     return {"class_name": cls.__name__, "config": serialize_value(config)}
+
+
+def _record_operative(cls: type, values: Mapping[str, Any]) -> None:
+    """Adds the bound and default values a spec used to gin's operative config.
+
+    gin records the parameters it injects when it calls a configurable itself; nested layers get
+    theirs through `resolve_spec` instead, so without this `gin.operative_config_str()` would
+    omit e.g. `BottleneckBlock.groups = 32`. This uses gin's internal operative-config table
+    (unchanged since gin-config 0.5); a test checks the result.
+    """
+    configurable = gin_config._inverse_lookup(cls)
+    if configurable is None or not values:
+        return
+    key = ("/".join(gin.current_scope()), configurable.selector)
+    with gin_config._OPERATIVE_CONFIG_LOCK:
+        gin_config._OPERATIVE_CONFIG.setdefault(key, {}).update(values)
 
 
 def spec_class(kind: str, spec: Mapping[str, Any]) -> type:
