@@ -1,0 +1,193 @@
+"""Image preprocessing recipes: uint8 images in, normalized float32 tensors out.
+
+Everything is pure TensorFlow, so `Preprocessing.train` and `Preprocessing.eval` run inside
+`tf.data` map functions and `Preprocessing.serve` inside an exported SavedModel signature.
+Resizing is bilinear with antialiasing: when shrinking, each output pixel averages the source
+pixels it covers, as PIL's bilinear filter (which torchvision uses) does; when enlarging, it is
+plain bilinear interpolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from resnet.validation import check_choice, check_int
+
+RECIPES = ("cifar", "imagenet", "none")
+
+# The ImageNet statistics every torchvision / timm / keras.applications "torch" model uses.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Per-channel mean and standard deviation of the pixels of the 50,000 CIFAR-10 training images.
+# The often-copied std (0.2023, 0.1994, 0.2010) is not the dataset's pixel std; see the
+# discussion in kuangliu/pytorch-cifar issue #19, which computes both.
+CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+
+# Random-resized-crop ranges of Inception / torchvision's RandomResizedCrop.
+_CROP_AREA = (0.08, 1.0)
+_CROP_ASPECT_RATIO = (3 / 4, 4 / 3)
+_CROP_ATTEMPTS = 10
+
+
+def _check_triple(argument: str, value: object, positive: bool = False) -> tuple[float, float, float]:
+    numbers = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value
+    )
+    if not numbers:
+        kind = "positive numbers" if positive else "numbers"
+        raise ValueError(f"`{argument}` must be 3 {kind}, one per RGB channel; received {value!r}.")
+    return tuple(float(v) for v in value)
+
+
+def _resize(images: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
+    return tf.image.resize(images, tf.stack([height, width]), method="bilinear", antialias=True)
+
+
+@gin.configurable(module="resnet")
+class Preprocessing:
+    """Augmentation and normalization for training, evaluation and serving.
+
+    Recipes:
+
+    * "cifar" (He et al. 2016, sec. 4.2): train zero-pads `pad` pixels on each side (black, in
+      pixel space, before normalization), takes a random `image_size` crop and, if `flip`, flips
+      half the images horizontally. Eval only normalizes (after resizing to `image_size` if the
+      image is another size).
+    * "imagenet": train takes a random crop covering 8%..100% of the image with aspect ratio in
+      [3/4, 4/3] (`tf.image.sample_distorted_bounding_box`; the whole image if no such crop is
+      found in 10 tries), resizes it to `image_size` and, if `flip`, flips half the images. Eval
+      resizes the shorter side to `round(image_size / crop_fraction)` (256 for 224, the longer
+      side in proportion, rounded down as torchvision does) and takes the central
+      `image_size` crop (offsets rounded down).
+    * "none": train and eval both resize to `image_size` x `image_size` (if needed) and normalize.
+
+    Every output is float32 `(x - mean) / std` with `x` in 0..255.
+
+    Args:
+        recipe: One of "cifar", "imagenet", "none".
+        image_size: Side of the square output.
+        mean: Per-channel mean subtracted, on the 0..255 scale.
+        std: Per-channel standard deviation divided by, on the 0..255 scale.
+        flip: Random horizontal flips when training ("cifar" and "imagenet").
+        pad: Zero padding on each side before the random crop ("cifar").
+        crop_fraction: Share of the resized eval image kept by the central crop ("imagenet").
+
+    Example:
+
+    >>> prep = Preprocessing("imagenet", image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    >>> image = tf.zeros([375, 500, 3], tf.uint8)
+    >>> prep.train(image).shape, prep.eval(image).shape
+    (TensorShape([224, 224, 3]), TensorShape([224, 224, 3]))
+    >>> prep.serve(tf.zeros([4, 300, 300, 3], tf.uint8)).shape
+    TensorShape([4, 224, 224, 3])
+    """
+
+    def __init__(
+        self,
+        recipe: str = "cifar",
+        image_size: int = 32,
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
+        flip: bool = True,
+        pad: int = 4,
+        crop_fraction: float = 0.875,
+    ):
+        self.recipe = check_choice("recipe", recipe, RECIPES)
+        self.image_size = check_int("image_size", image_size)
+        self.mean = _check_triple("mean", mean)
+        self.std = _check_triple("std", std, positive=True)
+        if not isinstance(flip, bool):
+            raise ValueError(f"`flip` must be True or False; received {flip!r}.")
+        self.flip = flip
+        self.pad = check_int("pad", pad, minimum=0)
+        if isinstance(crop_fraction, bool) or not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
+            raise ValueError(f"`crop_fraction` must be a number in (0, 1]; received {crop_fraction!r}.")
+        self.crop_fraction = float(crop_fraction)
+
+    def train(self, image: tf.Tensor) -> tf.Tensor:
+        """Randomly augments one uint8 image [H, W, 3] into float32 [image_size, image_size, 3]."""
+        image = self._check(image, rank=3, method="train")
+        if self.recipe == "cifar":
+            padding = [[self.pad, self.pad], [self.pad, self.pad], [0, 0]]
+            padded = tf.pad(self._resize_if_needed(image), padding)
+            image = tf.image.random_crop(padded, [self.image_size, self.image_size, 3])
+        elif self.recipe == "imagenet":
+            image = self._random_resized_crop(image)
+        else:
+            image = self._resize_if_needed(image)
+        if self.flip and self.recipe != "none":
+            image = tf.image.random_flip_left_right(image)
+        return self._normalize(image)
+
+    def eval(self, image: tf.Tensor) -> tf.Tensor:
+        """Deterministically maps one uint8 image [H, W, 3] to float32 [image_size, image_size, 3]."""
+        return self._eval(self._check(image, rank=3, method="eval"))
+
+    def serve(self, images: tf.Tensor) -> tf.Tensor:
+        """`eval` on a batch of uint8 images [B, H, W, 3] -> float32 [B, image_size, image_size, 3].
+
+        Gives the same numbers as `eval` on each image, without `tf.map_fn`, for use inside an
+        exported SavedModel signature.
+        """
+        return self._eval(self._check(images, rank=4, method="serve"))
+
+    def _check(self, images: tf.Tensor, rank: int, method: str) -> tf.Tensor:
+        images = tf.convert_to_tensor(images)
+        layout = "[H, W, 3]" if rank == 3 else "[B, H, W, 3]"
+        if images.dtype != tf.uint8 or images.shape.rank not in (None, rank) or images.shape[-1] not in (None, 3):
+            raise ValueError(
+                f"`Preprocessing.{method}` expects uint8 images {layout}; received {images.dtype.name} "
+                f"of shape {images.shape}."
+            )
+        return images
+
+    def _eval(self, images: tf.Tensor) -> tf.Tensor:
+        """The eval recipe on one image [H, W, 3] or a batch [B, H, W, 3]."""
+        if self.recipe != "imagenet":
+            return self._normalize(self._resize_if_needed(images))
+        size = self.image_size
+        shape = tf.shape(images)
+        height, width = shape[-3], shape[-2]
+        target = round(size / self.crop_fraction)
+        shorter = tf.minimum(height, width)
+        resized = _resize(images, target * height // shorter, target * width // shorter)
+        top = (target * height // shorter - size) // 2
+        left = (target * width // shorter - size) // 2
+        cropped = resized[..., top : top + size, left : left + size, :]
+        return self._normalize(tf.ensure_shape(cropped, images.shape[:-3] + [size, size, 3]))
+
+    def _resize_if_needed(self, images: tf.Tensor) -> tf.Tensor:
+        """Resizes to image_size x image_size unless the static shape says it already is.
+
+        Bilinear resizing to an image's own size is an exact copy, so the result does not depend
+        on whether the size was known statically.
+        """
+        size = self.image_size
+        if images.shape[-3] == size and images.shape[-2] == size:
+            return images
+        return tf.ensure_shape(_resize(images, size, size), images.shape[:-3] + [size, size, 3])
+
+    def _random_resized_crop(self, image: tf.Tensor) -> tf.Tensor:
+        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            min_object_covered=0.0,
+            aspect_ratio_range=_CROP_ASPECT_RATIO,
+            area_range=_CROP_AREA,
+            max_attempts=_CROP_ATTEMPTS,
+            use_image_if_no_bounding_boxes=True,
+        )
+        crop = tf.slice(image, begin, crop_size)
+        return tf.ensure_shape(_resize(crop, self.image_size, self.image_size), [self.image_size, self.image_size, 3])
+
+    def _normalize(self, images: tf.Tensor) -> tf.Tensor:
+        # Multiplying by the reciprocal, not dividing: graph optimizers rewrite a division by a
+        # constant that way, and eager and graph results must agree to the bit.
+        mean = tf.constant(self.mean, tf.float32)
+        inverse_std = tf.constant(1.0 / np.array(self.std, np.float32))
+        return (tf.cast(images, tf.float32) - mean) * inverse_std
