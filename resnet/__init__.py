@@ -10,7 +10,7 @@ Layers (`BottleneckBlock`, `ResidualStage`, shortcuts, stems, norms) are importa
 own for use inside other models.
 """
 
-from resnet.config import available_configs, build, config_path, parse
+from resnet.config import available_configs, available_experiments, build, config_path, parse
 from resnet.flops import count_macs
 from resnet.layers import *  # noqa: F401,F403  (the public layer classes)
 from resnet.layers import __all__ as _layer_names
@@ -24,6 +24,7 @@ __all__ = [
     "ResNet",
     "ResidualStage",
     "available_configs",
+    "available_experiments",
     "build",
     "config_path",
     "count_macs",

@@ -27,10 +27,20 @@ def configs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"  # a source checkout, not installed
 
 
-def available_configs() -> list[str]:
-    """Names of the shipped configs, e.g. `"resnet50"`, `"cifar/resnet56"`."""
+def _shipped(experiments: bool) -> list[str]:
     root = configs_dir()
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.gin"))
+    names = (p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.gin"))
+    return sorted(n for n in names if n.startswith("experiments/") == experiments)
+
+
+def available_configs() -> list[str]:
+    """Names of the shipped model configs, e.g. `"resnet50"`, `"cifar/resnet56"`."""
+    return _shipped(experiments=False)
+
+
+def available_experiments() -> list[str]:
+    """Names of the shipped training recipes, e.g. `"experiments/demo"` (for `resnet-train`)."""
+    return _shipped(experiments=True)
 
 
 def config_path(config: str | os.PathLike) -> Path:
@@ -49,7 +59,7 @@ def config_path(config: str | os.PathLike) -> Path:
         return shipped
     raise ValueError(
         f"Unknown config {text!r}: not a shipped config and not an existing .gin file. "
-        f"Shipped configs: {', '.join(available_configs())}."
+        f"Shipped configs: {', '.join(available_configs() + available_experiments())}."
     )
 
 

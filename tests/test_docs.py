@@ -18,6 +18,10 @@ MODULES = [
     "resnet.layers.regularization",
     "resnet.layers.shortcuts",
     "resnet.layers.stems",
+    "resnet.data.pipeline",
+    "resnet.data.preprocessing",
+    "resnet.data.sources",
+    "resnet.training.schedules",
 ]
 
 

@@ -1,0 +1,38 @@
+"""`resnet-eval`: evaluates a run's checkpoint on its evaluation split.
+
+    resnet-eval --model_dir=runs/demo-20260101-120000 [--checkpoint=best] [--gin_param=...]
+
+Prints top-1, top-5, loss and the example count; the last line is a JSON object with keys
+`top1`, `top5`, `loss`, `examples`, also written to `<model_dir>/eval.json`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from resnet import cli
+from resnet.training.records import atomic_write_json
+
+flags.DEFINE_string("model_dir", None, "Directory of a run written by resnet-train.", required=True)
+flags.DEFINE_string("checkpoint", "backup", "'backup' (the latest), 'best', 'checkpoints' or a checkpoint path.")
+cli.define_gin_param_flag()
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    trainer, path = cli.restored_trainer(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
+    print(f"Evaluating {path}", flush=True)
+    results = trainer.evaluate()
+    print(f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  loss {results['loss']:.4f}  "
+          f"examples {results['examples']}", flush=True)
+    atomic_write_json(trainer.model_dir / "eval.json", dict(results, checkpoint=path))
+    cli.print_json_last(results)
+
+
+def run() -> None:
+    app.run(cli.run_reporting_errors(main, "resnet-eval"))
+
+
+if __name__ == "__main__":
+    run()

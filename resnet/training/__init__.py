@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpointing and export of the models, configured by gin."""

@@ -1,0 +1,217 @@
+"""The three binaries end to end, as subprocesses on the real digits data: train, resume, eval, export."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+# A few short epochs of the demo: enough to exercise every file a run writes.
+FAST = [
+    "Trainer.epochs = 2",
+    "Trainer.steps_per_epoch = 4",
+    "Trainer.batch_size = 16",
+    "Trainer.backup_every_steps = 2",
+    "InputPipeline.eval_batch_size = 120",
+]
+
+
+def run(program, *args, params=(), cwd=None, check=True, timeout=600):
+    command = [str(BIN / program), *args, *(f"--gin_param={p}" for p in params)]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def metrics(model_dir):
+    with open(Path(model_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run") / "demo"
+    result = run("resnet-train", f"--model_dir={model_dir}", params=FAST)
+    return model_dir, result
+
+
+def test_train_writes_a_complete_model_dir(trained):
+    model_dir, result = trained
+    assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
+    operative = (model_dir / "operative_config.gin").read_text()
+    for line in ("Trainer.epochs = 2", "Trainer.data = @DigitsData()", "BasicBlock.shortcut = @ZeroPadShortcut",
+                 "ResNet.stage_blocks = (3, 3, 3)", "InputPipeline.eval_batch_size = 120", "BatchNorm.momentum = 0.9"):
+        assert line in operative, line
+    assert "resnet-train" in (model_dir / "command.txt").read_text()
+    rows = metrics(model_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
+    assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("epoch-2")
+    assert tf.train.latest_checkpoint(model_dir / "backup").endswith("backup-8")
+    best = json.loads((model_dir / "best" / "best.json").read_text())
+    assert best["val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows), abs=1e-5)
+
+
+def test_rerunning_a_finished_run_does_not_train_again(trained):
+    model_dir, _ = trained
+    before = (model_dir / "metrics.csv").read_text()
+    result = run("resnet-train", f"--model_dir={model_dir}", params=FAST)
+    assert "All 2 epochs are done" in result.stdout
+    assert (model_dir / "metrics.csv").read_text() == before
+
+
+def test_eval_prints_json_last_and_matches_training_metrics(trained):
+    model_dir, _ = trained
+    result = run("resnet-eval", f"--model_dir={model_dir}")
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) == {"top1", "top5", "loss", "examples"}
+    assert last["examples"] == 360  # 20% of the 1,797 digits
+    # The latest checkpoint is the end of epoch 2, which metrics.csv evaluated.
+    assert last["top1"] == pytest.approx(float(metrics(model_dir)[-1]["val_accuracy"]), abs=1e-5)
+    assert json.loads((model_dir / "eval.json").read_text())["top1"] == last["top1"]
+
+
+def test_eval_runs_as_a_python_module(trained):
+    model_dir, _ = trained
+    command = [sys.executable, "-m", "resnet.evaluate", f"--model_dir={model_dir}", "--checkpoint=best"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["examples"] == 360
+
+
+def test_export_serves_uint8_images_like_the_trained_model(trained, tmp_path):
+    import keras
+
+    from resnet import cli
+    from resnet.data.sources import DigitsData
+
+    model_dir, _ = trained
+    output = tmp_path / "export"
+    run("resnet-export", f"--model_dir={model_dir}", f"--output={output}")
+    images = np.stack([image for image, _ in DigitsData().examples("eval").take(8).as_numpy_iterator()])
+    assert images.dtype == np.uint8
+
+    loaded = tf.saved_model.load(str(output / "saved_model"))
+    served = loaded.signatures["serving_default"](images=tf.constant(images))
+    trainer = cli.trainer_from_run(str(model_dir), [])
+    trainer.restore("best")
+    logits = trainer.model(trainer.preprocessing.serve(tf.constant(images)), training=False)
+    expected = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(served["classes"].numpy(), expected.argmax(-1))
+
+    reloaded = keras.models.load_model(output / "model.keras")
+    np.testing.assert_allclose(
+        reloaded(trainer.preprocessing.serve(tf.constant(images))).numpy(), logits.numpy(), rtol=1e-5, atol=1e-5
+    )
+    again = run("resnet-export", f"--model_dir={model_dir}", f"--output={output}", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_default_model_dir_is_announced(tmp_path):
+    result = run("resnet-train", params=FAST[:1] + ["Trainer.epochs = 1", "Trainer.steps_per_epoch = 1",
+                                                    "Trainer.batch_size = 8"], cwd=tmp_path)
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Writing to"))
+    model_dir = tmp_path / line.split("Writing to ", 1)[1]
+    assert model_dir.parent == tmp_path / "runs" and model_dir.name.startswith("demo-")
+    assert (model_dir / "metrics.csv").is_file()
+
+
+def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
+    model_dir = tmp_path / "killed"
+    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
+              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
+    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    try:
+        # Wait for a backup in the middle of epoch 2 (steps 13..23), then kill without warning.
+        while time.time() < deadline:
+            latest = tf.train.latest_checkpoint(model_dir / "backup")
+            if latest and 12 < int(latest.rsplit("-", 1)[1]) < 24:
+                break
+            if process.poll() is not None:
+                pytest.fail("training ended before it could be killed in epoch 2")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no mid-epoch backup appeared")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    first_epoch = metrics(model_dir)[0]
+    assert [r["epoch"] for r in metrics(model_dir)] == ["1"]
+
+    result = run("resnet-train", f"--model_dir={model_dir}", params=params)
+    resumed = next(l for l in result.stdout.splitlines() if l.startswith("Resuming"))
+    assert "epoch 2, step " in resumed and not resumed.endswith("step 0 of 12.")
+    assert "Epoch 1/3" not in result.stdout  # the finished epoch is not redone
+    rows = metrics(model_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[0] == first_epoch
+    assert (model_dir / "command.txt").read_text().count("resnet-train") == 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
+    model_dir, _ = trained
+    copy = tmp_path / "diverging"
+    subprocess.run(["cp", "-r", str(model_dir), str(copy)], check=True)
+    index = copy / "backup" / "backup-8.index"
+    before = index.read_bytes()
+    result = run("resnet-train", f"--model_dir={copy}", check=False,
+                 params=FAST + ["Trainer.epochs = 3", "learning_rate_schedule.base_learning_rate = 1e30"])
+    assert result.returncode == 2
+    assert "training loss is" in result.stderr and "at step" in result.stderr
+    assert "backup-8" in result.stderr
+    assert tf.train.latest_checkpoint(copy / "backup").endswith("backup-8") and index.read_bytes() == before
+    assert [r["epoch"] for r in metrics(copy)] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "args, params, pattern",
+    [
+        ([], ["Trainer.epochz = 3"], "Trainer.*epochz"),
+        (["--gin_file=experiments/cifar10_resnet56"], ["CIFAR_DIR = '/nonexistent/cifar'"], "/nonexistent/cifar"),
+        (["--gin_file=no_such_config"], [], "Unknown config 'no_such_config'"),
+        ([], ["ResNet.num_classes = 7"], "7 outputs.*10 classes.*ResNet.num_classes = 10"),
+    ],
+)
+def test_train_reports_bad_input_clearly(tmp_path, args, params, pattern):
+    result = run("resnet-train", f"--model_dir={tmp_path / 'run'}", *args, params=params, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "resnet-train: error:" in result.stderr
+    assert __import__("re").search(pattern, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_model_dir_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run("resnet-train", f"--model_dir={blocker / 'run'}", params=FAST, check=False)
+    assert result.returncode == 2 and "cannot be written" in result.stderr and str(blocker) in result.stderr
+
+
+def test_eval_of_a_directory_without_a_run_is_named(tmp_path):
+    result = run("resnet-eval", f"--model_dir={tmp_path}", check=False)
+    assert result.returncode == 2 and "operative_config.gin" in result.stderr
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    model_dir = tmp_path / "mirrored"
+    result = run("resnet-train", f"--model_dir={model_dir}",
+                 params=FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2", "ResNet.norm = 'sync_batch'"])
+    assert "2 replicas" in result.stdout
+    assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
