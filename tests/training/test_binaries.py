@@ -215,3 +215,28 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
                  params=FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2", "ResNet.norm = 'sync_batch'"])
     assert "2 replicas" in result.stdout
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
+
+
+def test_corrupt_image_is_named_by_the_training_binary(tmp_path):
+    for split in ("train", "eval"):
+        for label in ("cats", "dogs"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                pixels = np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                (folder / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    broken = tmp_path / "train" / "dogs" / "2.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    params = [
+        "Trainer.data = @ImageFolderData()",
+        f"ImageFolderData.train_dir = '{tmp_path / 'train'}'",
+        f"ImageFolderData.eval_dir = '{tmp_path / 'eval'}'",
+        "ResNet.num_classes = 2",
+        "Trainer.epochs = 1",
+        "Trainer.batch_size = 2",
+    ]
+    result = run("resnet-train", f"--model_dir={tmp_path / 'run'}", params=params, check=False)
+    assert result.returncode == 2 and str(broken) in result.stderr and "skip_corrupt" in result.stderr
+    skipping = run("resnet-train", f"--model_dir={tmp_path / 'skipping'}",
+                   params=params + ["ImageFolderData.skip_corrupt = True"])
+    assert "Epoch 1/1" in skipping.stdout and str(broken) in skipping.stderr
