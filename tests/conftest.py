@@ -1,8 +1,15 @@
 """Shared fixtures: a clean gin config and dtype policy per test, and weight randomisation."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Where torchvision is installed (for the interop comparisons), it must be imported before
+# TensorFlow: the other order crashes the process (the two wheels' native libraries clash).
+if importlib.util.find_spec("torchvision") is not None:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
 
 import gin  # noqa: E402
 import keras  # noqa: E402

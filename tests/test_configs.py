@@ -23,6 +23,10 @@ TRAINABLE_PARAMS = {
     "resnet50_gn": 25_557_032,
     "keras_resnet50": 25_583_592,  # keras.applications.ResNet50
     "keras_resnet50_v2": 25_568_360,  # keras.applications.ResNet50V2
+    "keras_resnet101": 44_601_832,  # keras.applications.ResNet101
+    "keras_resnet152": 60_268_520,
+    "keras_resnet101_v2": 44_577_896,  # keras.applications.ResNet101V2
+    "keras_resnet152_v2": 60_236_904,
     "cifar/resnet20": 269_722,  # He et al. 2016, Table 6
     "cifar/resnet32": 464_154,
     "cifar/resnet44": 658_586,
@@ -34,7 +38,14 @@ TRAINABLE_PARAMS = {
     "cifar/plain56": 853_018,
 }
 # keras.applications' count_params(), which includes the batch-norm statistics.
-ALL_PARAMS = {"keras_resnet50": 25_636_712, "keras_resnet50_v2": 25_613_800}
+ALL_PARAMS = {
+    "keras_resnet50": 25_636_712,
+    "keras_resnet50_v2": 25_613_800,
+    "keras_resnet101": 44_707_176,
+    "keras_resnet152": 60_419_944,
+    "keras_resnet101_v2": 44_675_560,
+    "keras_resnet152_v2": 60_380_648,
+}
 
 
 def test_every_shipped_config_has_an_expected_count():

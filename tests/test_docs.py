@@ -22,6 +22,7 @@ MODULES = [
     "resnet.data.preprocessing",
     "resnet.data.sources",
     "resnet.training.schedules",
+    "resnet.interop",
 ]
 
 

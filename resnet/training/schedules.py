@@ -16,13 +16,13 @@ UNITS = ("epochs", "steps")
 
 @keras.saving.register_keras_serializable(package="resnet")
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Ramps the rate linearly up to `schedule(warmup_steps)`, then follows `schedule`.
+    """Ramps the rate linearly up to the peak `schedule(0)`, then follows `schedule`.
 
-    Step `s < warmup_steps` gets `(s + 1) / warmup_steps` of the target, so no step is wasted
-    at a rate of zero and the last warm-up step reaches the target.
-
-    The wrapped schedule keeps its own step count (its boundaries are not shifted), as in
-    Goyal et al. (2017), where 5 warm-up epochs precede steps at epochs 30, 60 and 80.
+    Step `s < warmup_steps` gets `(s + 1) / warmup_steps` of the peak, so no step is wasted at
+    a rate of zero and the last warm-up step reaches the peak. Afterwards the wrapped schedule
+    runs on the global step (`shift=False`: its boundaries are not moved, as in Goyal et al.,
+    2017, where 5 warm-up epochs precede steps at epochs 30, 60 and 80) or on the steps since
+    the warm-up (`shift=True`: a cosine then starts decaying when the warm-up ends).
 
     Example:
 
@@ -31,26 +31,29 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     [0.01, 0.05, 0.1, 0.1, 0.01]
     """
 
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int):
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int, shift: bool = False):
         self.schedule = schedule
         self.warmup_steps = int(warmup_steps)
+        self.shift = bool(shift)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
         if self.warmup_steps <= 0:
             return self.schedule(step)
-        warm = self.schedule(float(self.warmup_steps)) * (step + 1.0) / float(self.warmup_steps)
-        return keras.ops.where(step < self.warmup_steps, warm, self.schedule(step))
+        warm = self.schedule(0.0) * (step + 1.0) / float(self.warmup_steps)
+        after = self.schedule(keras.ops.maximum(step - self.warmup_steps, 0.0) if self.shift else step)
+        return keras.ops.where(step < self.warmup_steps, warm, after)
 
     def get_config(self) -> dict[str, Any]:
         return {
             "schedule": keras.saving.serialize_keras_object(self.schedule),
             "warmup_steps": self.warmup_steps,
+            "shift": self.shift,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["warmup_steps"])
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["warmup_steps"], config["shift"])
 
 
 @gin.configurable(module="resnet", denylist=["steps_per_epoch", "total_steps", "batch_size"])
@@ -74,8 +77,8 @@ def learning_rate_schedule(
         reference_batch_size: If set, scale the rate linearly with the global batch size:
             `base_learning_rate * batch_size / reference_batch_size` (Goyal et al., 2017;
             0.1 per 256 images for ImageNet).
-        schedule: "piecewise" (multiply by `decay_rate` at each boundary), "cosine" (to zero at
-            the last step) or "constant".
+        schedule: "piecewise" (multiply by `decay_rate` at each boundary), "cosine" (from the
+            end of the warm-up to zero at the last step) or "constant".
         boundaries: For "piecewise", where the rate drops, in `unit`s. The paper's CIFAR
             recipe: (32000, 48000) steps; its ImageNet recipe: (30, 60, 80) epochs.
         decay_rate: Factor applied at each boundary.
@@ -95,21 +98,18 @@ def learning_rate_schedule(
     rate = float(base_learning_rate)
     if reference_batch_size:
         rate *= batch_size / reference_batch_size
-    per_unit = steps_per_epoch if unit == "epochs" else 1
-    if schedule == "piecewise":
-        steps = [int(round(b * per_unit)) for b in boundaries]
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    if schedule == "cosine":
+        result = keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(total_steps - warmup_steps, 1))
+    else:
+        per_unit = steps_per_epoch if unit == "epochs" else 1
+        steps = [int(round(b * per_unit)) for b in boundaries] if schedule == "piecewise" else []
         if steps != sorted(steps) or len(set(steps)) != len(steps):
             raise ValueError(
                 f"`learning_rate_schedule.boundaries` must increase strictly; received {tuple(boundaries)!r}."
             )
-        if steps:
-            values = [rate * decay_rate**i for i in range(len(steps) + 1)]
-            result = keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
-        else:
-            result = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [rate, rate])
-    elif schedule == "cosine":
-        result = keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(total_steps, 1))
-    else:
-        result = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps + 1], [rate, rate])
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    return LinearWarmup(result, warmup_steps) if warmup_steps else result
+        values = [rate * decay_rate**i for i in range(len(steps) + 1)]
+        if not steps:  # PiecewiseConstantDecay needs a boundary: one past the last step
+            steps, values = [total_steps + 1], [rate, rate]
+        result = keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
+    return LinearWarmup(result, warmup_steps, shift=schedule == "cosine") if warmup_steps else result

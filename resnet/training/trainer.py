@@ -37,6 +37,7 @@ import tensorflow as tf
 from resnet.data.pipeline import InputPipeline
 from resnet.data.preprocessing import Preprocessing
 from resnet.data.sources import DataSource
+from resnet.interop import PretrainedWeights, freeze
 from resnet.model import ResNet
 from resnet.training import distribution
 from resnet.training.records import MetricsLog, atomic_write_json, atomic_write_text
@@ -89,6 +90,11 @@ class Trainer:
         seed: Seed of weight initialization and data order.
         progress: "bar" (a progress bar per epoch), "epoch" (one line per epoch), or "auto"
             (a bar on terminals, lines otherwise).
+        initial_weights: Pretrained weights to start a new run from (`@PretrainedWeights()`:
+            keras.applications or torchvision/timm files); not applied when resuming.
+        freeze_stages: Make the stem and the first this many stages non-trainable (their batch
+            norms then use their moving statistics), for fine-tuning; None trains everything.
+            Bind `ResNet.norm = 'frozen_batch'` to freeze every batch norm instead.
     """
 
     def __init__(
@@ -113,6 +119,8 @@ class Trainer:
         backup_every_steps: int = 500,
         seed: int = 0,
         progress: str = "auto",
+        initial_weights: PretrainedWeights | None = None,
+        freeze_stages: int | None = None,
     ):
         if not isinstance(data, DataSource):
             raise ValueError(f"`Trainer.data` must be a DataSource such as @DigitsData(); received {data!r}.")
@@ -138,6 +146,12 @@ class Trainer:
         self.backup_every_steps = check_int("Trainer.backup_every_steps", backup_every_steps, minimum=0)
         self.seed = seed
         self.progress = check_choice("Trainer.progress", progress, PROGRESS)
+        if initial_weights is not None and not isinstance(initial_weights, PretrainedWeights):
+            raise ValueError(
+                f"`Trainer.initial_weights` must be @PretrainedWeights() or None; received {initial_weights!r}."
+            )
+        self.initial_weights = initial_weights
+        self.freeze_stages = freeze_stages
         self._built = False
 
     # ----------------------------------------------------------------------------- building
@@ -169,6 +183,8 @@ class Trainer:
         with self.strategy.scope():
             self.model = gin.get_configurable(self.model_fn)() if _is_configurable(self.model_fn) else self.model_fn()
             self._check_model()
+            if self.freeze_stages is not None:
+                freeze(self.model, self.freeze_stages)
             schedule = self.learning_rate(
                 steps_per_epoch=self.steps, total_steps=self.steps * self.epochs, batch_size=self.batch_size
             )
@@ -380,6 +396,8 @@ class Trainer:
         start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
         if resumed:
             print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}.", flush=True)
+        elif self.initial_weights is not None:
+            print(self.initial_weights.load_into(self.model), flush=True)
         if start_epoch >= self.epochs:
             print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
         metrics_log = MetricsLog(self.model_dir / "metrics.csv", METRICS_COLUMNS)

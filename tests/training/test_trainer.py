@@ -116,3 +116,27 @@ def test_label_smoothing_in_training_only(tmp_path):
 def test_bad_trainer_settings(tmp_path, binding, pattern):
     with pytest.raises(ValueError, match=pattern):
         make_trainer(tmp_path, binding)
+
+
+def test_fine_tuning_starts_from_pretrained_weights_and_keeps_frozen_stages(tmp_path):
+    from test_interop import torchvision_resnet18_state
+
+    state = torchvision_resnet18_state()
+    path = tmp_path / "resnet18.npz"
+    np.savez(path, **state)
+    # The demo's data and recipe, with torchvision's resnet18 (at 32x32) instead of ResNet-20.
+    config.parse(["experiments/demo", "resnet18"], [
+        "ResNet.stage_strides = (1, 2, 2, 2)", "BasicBlock.shortcut = @ProjectionShortcut", "ResNet.num_classes = 10",
+        "Trainer.initial_weights = @PretrainedWeights()", f"PretrainedWeights.path = '{path}'",
+        "PretrainedWeights.skip_classifier = True", "Trainer.freeze_stages = 2",
+        "Trainer.epochs = 1", "Trainer.steps_per_epoch = 2", "Trainer.batch_size = 8",
+    ])
+    trainer = gin.get_configurable(Trainer)(model_dir=tmp_path / "run")
+    trainer.train()
+    weights = variables_by_path(trainer.model)
+    # Frozen: exactly the pretrained values after training (statistics included).
+    np.testing.assert_array_equal(weights["stem/conv1/kernel"].numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(weights["stage2/block2/norm2/moving_mean"].numpy(), state["layer2.1.bn2.running_mean"])
+    # Trained: stage 3 moved away from its pretrained values.
+    assert not np.allclose(weights["stage3/block1/conv1/kernel"].numpy(), state["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
+    assert trainer.model.get_layer("stage3").trainable and not trainer.model.get_layer("stage2").trainable

@@ -1,0 +1,356 @@
+"""Weights from keras.applications and torchvision / timm load strictly and give the same numbers."""
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+
+import resnet
+from resnet import interop
+from conftest import images, relative_error
+
+TOLERANCE = 1e-3  # max |ours - theirs| / max |theirs|, for logits and every feature map
+
+# Our config, keras.applications class, and the layers whose outputs are C2..C5 there.
+KERAS_CASES = {
+    "keras_resnet50": ("ResNet50", ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"]),
+    "keras_resnet101": ("ResNet101", ["conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"]),
+    "keras_resnet152": ("ResNet152", ["conv2_block3_out", "conv3_block8_out", "conv4_block36_out", "conv5_block3_out"]),
+    # ResNetV2 strides in the last block of a stage: C2..C4 are the outputs before that block.
+    "keras_resnet50_v2": ("ResNet50V2", ["conv2_block2_out", "conv3_block3_out", "conv4_block5_out", "post_relu"]),
+    "keras_resnet101_v2": ("ResNet101V2", ["conv2_block2_out", "conv3_block3_out", "conv4_block22_out", "post_relu"]),
+    "keras_resnet152_v2": ("ResNet152V2", ["conv2_block2_out", "conv3_block7_out", "conv4_block35_out", "post_relu"]),
+}
+
+
+def randomize(model, seed=0):
+    """Random values in every norm layer (so none is an identity), keeping variances positive."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        leaf = variable.path.rsplit("/", 1)[-1]
+        shape = tuple(variable.shape)
+        if leaf in ("gamma", "moving_variance"):
+            variable.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+        elif leaf in ("beta", "moving_mean"):
+            variable.assign(rng.normal(0, 0.2, shape).astype("float32"))
+
+
+def keras_application(name, classes=1000, size=64):
+    cls_name, feature_layers = KERAS_CASES[name]
+    source = getattr(keras.applications, cls_name)(
+        weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None
+    )
+    randomize(source)
+    taps = keras.Model(source.input, [source.output] + [source.get_layer(n).output for n in feature_layers])
+    return source, taps
+
+
+def assert_matches(ours, taps, x):
+    logits, *features = [np.asarray(t) for t in taps(x)]
+    assert relative_error(np.asarray(ours(x)), logits) <= TOLERANCE
+    for (key, ours_feature), theirs in zip(ours.extract_features(x).items(), features):
+        assert ours_feature.shape == theirs.shape, key
+        assert relative_error(np.asarray(ours_feature), theirs) <= TOLERANCE, key
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_CASES))
+def test_keras_applications_weights_match_numerically(name):
+    source, taps = keras_application(name)
+    ours = resnet.build(name)
+    report = interop.load_keras_applications_weights(ours, source)
+    assert len(report.loaded) == len(ours.weights) and not report.skipped
+    assert_matches(ours, taps, images(batch=2, size=64))
+
+
+@pytest.mark.parametrize("name", ["keras_resnet50", "keras_resnet50_v2"])
+def test_keras_applications_weights_load_from_weights_h5_and_legacy_h5(name, tmp_path):
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    source, taps = keras_application(name)
+    x = images(batch=1, size=64)
+    modern = tmp_path / "model.weights.h5"
+    source.save_weights(modern)
+    legacy = tmp_path / "model.h5"  # the format Keras caches under ~/.keras/models/
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    for path in (modern, legacy):
+        ours = resnet.build(name)
+        report = interop.load_keras_applications_weights(ours, path)
+        assert report.source == str(path)
+        assert_matches(ours, taps, x)
+
+
+def test_keras_skip_classifier_for_other_classes():
+    source, _ = keras_application("keras_resnet50")
+    ours = resnet.build("keras_resnet50", ["ResNet.num_classes = 10"])
+    with pytest.raises(ValueError, match=r"shape mismatch: predictions/kernel \(2048, 1000\).*skip_classifier=True"):
+        interop.load_keras_applications_weights(ours, source)
+    report = interop.load_keras_applications_weights(ours, source, skip_classifier=True)
+    assert report.skipped == ["predictions/bias", "predictions/kernel"]
+    np.testing.assert_array_equal(
+        ours.get_layer("stage4").blocks[2].convs[2].kernel.numpy(), source.get_layer("conv5_block3_3_conv").kernel.numpy()
+    )
+
+
+def test_keras_loader_refuses_other_layouts_and_files(tmp_path):
+    with pytest.raises(ValueError, match=r"does not have a keras.applications ResNet layout.*stride_on='3x3'"):
+        interop.load_keras_applications_weights(resnet.build("resnet50"), tmp_path / "x.h5")
+    ours = resnet.build("keras_resnet50")
+    with pytest.raises(ValueError, match=r"Weights file '.*missing.h5' does not exist"):
+        interop.load_keras_applications_weights(ours, tmp_path / "missing.h5")
+    not_h5 = tmp_path / "notes.h5"
+    not_h5.write_text("not weights")
+    with pytest.raises(ValueError, match=r"notes.h5' is not an HDF5 weights file"):
+        interop.load_keras_applications_weights(ours, not_h5)
+    other = tmp_path / "resnet101.weights.h5"
+    keras.applications.ResNet101(weights=None, input_shape=(64, 64, 3)).save_weights(other)
+    before = ours.get_layer("stem").convs[0].kernel.numpy().copy()
+    with pytest.raises(ValueError, match=r"resnet101.weights.h5' does not hold keras.applications.ResNet50 weights"):
+        interop.load_keras_applications_weights(ours, other)
+    np.testing.assert_array_equal(ours.get_layer("stem").convs[0].kernel.numpy(), before)
+
+
+# ------------------------------------------------------------------ torch names, without torch
+
+
+def torchvision_resnet18_state(num_classes=1000, seed=0):
+    """A state dict with the names and shapes of torchvision's resnet18, written from its layout."""
+    rng = np.random.default_rng(seed)
+    state = {}
+
+    def conv(name, out, inp, k):
+        state[f"{name}.weight"] = rng.normal(0, 0.1, (out, inp, k, k)).astype("float32")
+
+    def bn(name, width):
+        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, width).astype("float32")
+        state[f"{name}.bias"] = rng.normal(0, 0.1, width).astype("float32")
+        state[f"{name}.running_mean"] = rng.normal(0, 0.1, width).astype("float32")
+        state[f"{name}.running_var"] = rng.uniform(0.5, 1.5, width).astype("float32")
+        state[f"{name}.num_batches_tracked"] = np.array(7, dtype="int64")
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inp = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            conv(f"{prefix}.conv1", width, inp if block == 0 else width, 3)
+            bn(f"{prefix}.bn1", width)
+            conv(f"{prefix}.conv2", width, width, 3)
+            bn(f"{prefix}.bn2", width)
+            if block == 0 and stage > 1:
+                conv(f"{prefix}.downsample.0", width, inp, 1)
+                bn(f"{prefix}.downsample.1", width)
+        inp = width
+    state["fc.weight"] = rng.normal(0, 0.1, (num_classes, 512)).astype("float32")
+    state["fc.bias"] = rng.normal(0, 0.1, num_classes).astype("float32")
+    return state
+
+
+def test_torch_names_and_layouts_map_onto_the_model():
+    state = torchvision_resnet18_state()
+    ours = resnet.build("resnet18")
+    report = interop.load_torch_state_dict(ours, state)
+    assert report.source == "the state dict" and len(report.loaded) == len(ours.weights)
+    weights = {v.path: v.numpy() for v in ours.weights}
+    np.testing.assert_array_equal(weights["stem/conv1/kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(weights["stem/norm1/moving_variance"], state["bn1.running_var"])
+    np.testing.assert_array_equal(
+        weights["stage3/block1/shortcut/conv/kernel"], state["layer3.0.downsample.0.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(weights["stage4/block2/norm2/beta"], state["layer4.1.bn2.bias"])
+    np.testing.assert_array_equal(weights["classifier/kernel"], state["fc.weight"].T)
+    np.testing.assert_array_equal(weights["classifier/bias"], state["fc.bias"])
+
+
+def test_torch_loading_is_strict_and_all_or_nothing():
+    ours = resnet.build("resnet18")
+    before = ours.get_layer("stem").convs[0].kernel.numpy().copy()
+    state = torchvision_resnet18_state()
+    del state["layer3.1.bn2.running_var"]
+    state["layer5.0.conv1.weight"] = np.zeros((1, 1, 1, 1), "float32")
+    state["layer2.0.conv2.weight"] = state["layer2.0.conv2.weight"][:, :64]
+    with pytest.raises(ValueError) as info:
+        interop.load_torch_state_dict(ours, state)
+    message = str(info.value)
+    assert "nothing was loaded" in message
+    assert "missing from the source: layer3.1.bn2.running_var" in message
+    assert "not used by the model: layer5.0.conv1.weight" in message
+    assert "shape mismatch: layer2.0.conv2.weight (128, 64, 3, 3)" in message
+    np.testing.assert_array_equal(ours.get_layer("stem").convs[0].kernel.numpy(), before)
+
+
+def test_torch_skip_classifier_reports_what_it_skipped():
+    ours = resnet.build("resnet18", ["ResNet.num_classes = 10"])
+    with pytest.raises(ValueError, match=r"fc.weight \(1000, 512\).*classifier/kernel \(512, 10\).*skip_classifier"):
+        interop.load_torch_state_dict(ours, torchvision_resnet18_state())
+    report = interop.load_torch_state_dict(ours, torchvision_resnet18_state(), skip_classifier=True)
+    assert report.skipped == ["fc.bias", "fc.weight"]
+    assert "skipped fc.bias, fc.weight" in str(report)
+
+
+def test_torch_state_dict_files(tmp_path):
+    from safetensors.numpy import save_file
+
+    state = torchvision_resnet18_state()
+    expected = {}
+    for path in (tmp_path / "w.npz", tmp_path / "w.safetensors"):
+        if path.suffix == ".npz":
+            np.savez(path, **state)
+        else:
+            save_file(state, str(path))
+        ours = resnet.build("resnet18")
+        assert interop.load_torch_state_dict(ours, path).source == str(path)
+        weights = {v.path: v.numpy() for v in ours.weights}
+        for key, value in (expected or weights).items():
+            np.testing.assert_array_equal(weights[key], value)
+        expected = weights
+
+
+def test_bad_torch_files_are_refused_without_running_code(tmp_path):
+    ours = resnet.build("resnet18")
+    with pytest.raises(ValueError, match=r"'.*nothing.npz' does not exist"):
+        interop.load_torch_state_dict(ours, tmp_path / "nothing.npz")
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.safetensors' is not a readable .safetensors weights file"):
+        interop.load_torch_state_dict(ours, text)
+    # An .npz whose array is a pickled object: np.load would have to unpickle it; we never do.
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, payload=np.array([_Boom(str(marker))], dtype=object))
+    with pytest.raises(ValueError, match=r"evil.npz' is not a readable .npz weights file.*allow_pickle"):
+        interop.load_torch_state_dict(ours, evil)
+    assert not marker.exists()
+    wrong = tmp_path / "model.ckpt"
+    wrong.write_text("x")
+    with pytest.raises(ValueError, match=r"expected a .npz, .safetensors, .pth or .pt weights file"):
+        interop.load_torch_state_dict(ours, wrong)
+
+
+class _Boom:
+    """Unpickling this would create a file (it never gets the chance)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed: the .pth path is tested")
+def test_pth_without_torch_says_how_to_convert(tmp_path):
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"PK")
+    with pytest.raises(ValueError, match=r"needs torch, which is not installed.*np.savez"):
+        interop.load_torch_state_dict(resnet.build("resnet18"), pth)
+
+
+# ------------------------------------------------------------------------- fine-tuning helpers
+
+
+def test_pretrained_weights_from_gin_and_freezing(tmp_path):
+    import gin
+
+    path = tmp_path / "r18.npz"
+    np.savez(path, **torchvision_resnet18_state())
+    gin.parse_config(f"PretrainedWeights.path = '{path}'\nPretrainedWeights.skip_classifier = True")
+    weights = gin.get_configurable(interop.PretrainedWeights)()
+    ours = resnet.build("resnet18", ["ResNet.num_classes = 3"])
+    assert weights.load_into(ours).skipped == ["fc.bias", "fc.weight"]
+    interop.freeze(ours, stages=2)
+    frozen = {v.path.split("/")[0] for v in ours.weights if not any(v is t for t in ours.trainable_weights)}
+    assert {"stem", "stage1", "stage2"} <= frozen and "stage3" not in {
+        v.path.split("/")[0] for v in ours.non_trainable_weights if v.path.endswith("kernel")
+    }
+    with pytest.raises(ValueError, match=r"`stages` must be an integer in \[0, 4\]"):
+        interop.freeze(ours, stages=5)
+
+
+def test_with_frozen_batch_norm_keeps_outputs_and_freezes_statistics():
+    model = resnet.build("cifar/resnet20")
+    randomize(model)
+    frozen = interop.with_frozen_batch_norm(model)
+    norms = [l for l in frozen._flatten_layers() if isinstance(l, resnet.BatchNorm)]
+    assert norms and all(type(n) is resnet.FrozenBatchNorm for n in norms)
+    x = images()
+    np.testing.assert_allclose(np.asarray(frozen(x, training=True)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- against torchvision / timm
+
+torch_missing = importlib.util.find_spec("torch") is None
+TORCH_CASES = {
+    # ours: (library, constructor name)
+    "resnet18": ("torchvision", "resnet18"),
+    "resnet34": ("torchvision", "resnet34"),
+    "resnet50": ("torchvision", "resnet50"),
+    "resnet101": ("torchvision", "resnet101"),
+    "resnet152": ("torchvision", "resnet152"),
+    "resnext50_32x4d": ("torchvision", "resnext50_32x4d"),
+    "wide_resnet50_2": ("torchvision", "wide_resnet50_2"),
+    "resnet200": ("timm", "resnet200"),
+    "resnet50d": ("timm", "resnet50d"),
+    "seresnet50": ("timm", "seresnet50"),
+    "resnet50_gn": ("timm", "resnet50_gn"),
+}
+
+
+@pytest.mark.skipif(torch_missing, reason="torch is not installed (it is never a dependency); "
+                                          "install torch, torchvision and timm to compare against them")
+@pytest.mark.parametrize("name", sorted(TORCH_CASES))
+def test_torch_weights_match_numerically(name):
+    import torch
+
+    library, constructor = TORCH_CASES[name]
+    if importlib.util.find_spec(library) is None:
+        pytest.skip(f"{library} is not installed")
+    if library == "timm":
+        import timm
+
+        source = timm.create_model(constructor, pretrained=False)
+    else:
+        import torchvision
+
+        source = getattr(torchvision.models, constructor)(weights=None)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in source.modules():
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0, 0.2, generator=generator)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    source.eval()
+    x = images(batch=2, size=64)
+    features = {}
+    for i in range(1, 5):
+        getattr(source, f"layer{i}").register_forward_hook(
+            lambda module, inputs, output, key=f"C{i + 1}": features.__setitem__(key, output.detach().numpy())
+        )
+    with torch.no_grad():
+        logits = source(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+
+    ours = resnet.build(name)
+    interop.load_torch_state_dict(ours, source.state_dict())
+    assert relative_error(np.asarray(ours(x)), logits) <= TOLERANCE
+    for key, value in ours.extract_features(x).items():
+        assert relative_error(np.asarray(value), features[key].transpose(0, 2, 3, 1)) <= TOLERANCE, key
+
+
+@pytest.mark.skipif(torch_missing, reason="torch is not installed")
+def test_pth_is_read_with_weights_only(tmp_path):
+    import torch
+
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in torchvision_resnet18_state().items()}
+    torch.save(state, tmp_path / "r18.pth")
+    ours = resnet.build("resnet18")
+    assert interop.load_torch_state_dict(ours, tmp_path / "r18.pth").source.endswith("r18.pth")
+    marker = tmp_path / "ran"
+    torch.save({"x": _Boom(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil.pth' is not a torch weights file loadable with weights_only=True"):
+        interop.load_torch_state_dict(ours, tmp_path / "evil.pth")
+    assert not marker.exists()
