@@ -85,3 +85,33 @@ def test_group_norm_checks_divisibility():
 
 def test_sync_batch_norm_is_synchronized():
     assert resnet.SyncBatchNorm().synchronized and not resnet.BatchNorm().synchronized
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_batch_norm_matches_keras_batch_normalization(dtype):
+    """BatchNorm's fused TensorFlow kernel computes what Keras' layer computes: outputs,
+    gradients, and moving statistics (Keras averages the biased batch variance)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 5, 6)).astype("float32"))
+    ours = resnet.BatchNorm(momentum=0.7, epsilon=1e-3, dtype=dtype)
+    theirs = keras.layers.BatchNormalization(momentum=0.7, epsilon=1e-3, dtype=dtype)
+    gamma = rng.uniform(0.5, 1.5, 6).astype("float32")
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(np.linspace(-1, 1, 6).astype("float32"))
+    tolerance = 1e-4 if dtype == "float32" else 2e-2
+    results = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.range(6, dtype=tf.float32))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
+    assert results[0][0].dtype == results[1][0].dtype
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(tf.cast(a, tf.float32)), np.asarray(tf.cast(b, tf.float32)),
+                                   rtol=tolerance, atol=tolerance)
