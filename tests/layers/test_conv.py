@@ -41,3 +41,22 @@ def test_padding_mode_is_serialized():
 def test_unknown_padding_is_named():
     with pytest.raises(ValueError, match=r"`padding`.*'reflect'"):
         resnet.Conv2D(2, 3, padding="reflect")
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_symmetric_padding_gradients_equal_explicit_padding(kernel):
+    import tensorflow as tf
+
+    x = tf.constant(images(size=10, channels=4))
+    conv = resnet.Conv2D(5, kernel, strides=2, padding="symmetric", use_bias=True)
+    conv.build(x.shape)
+    reference = keras.layers.Conv2D(5, kernel, strides=2, padding="valid", use_bias=True)
+    reference.build((None, None, None, 4))
+    reference.set_weights(conv.get_weights())
+    pad = (kernel - 1) // 2
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = tf.reduce_sum(conv(x) ** 2)
+        theirs = tf.reduce_sum(reference(tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])) ** 2)
+    for a, b in zip(tape.gradient(ours, [x, *conv.trainable_variables]), tape.gradient(theirs, [x, *reference.trainable_variables])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
