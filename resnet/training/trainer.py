@@ -250,8 +250,9 @@ class Trainer:
                 data_loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch_size)
                 loss = data_loss
                 if self.weight_decay:
-                    l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self._decayed])
-                    loss += tf.nn.scale_regularization_loss(0.5 * self.weight_decay * l2)
+                    # l2_loss(v) = sum(v ** 2) / 2 in one kernel, without a squared copy of v.
+                    l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self._decayed])
+                    loss += tf.nn.scale_regularization_loss(self.weight_decay * l2)
                 if self.model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
                 to_differentiate = optimizer.scale_loss(loss) if scaled else loss
