@@ -1,7 +1,9 @@
-"""Shared fixtures: a clean gin config and dtype policy per test, and weight randomisation."""
+"""Shared fixtures: a clean gin config and dtype policy per test, weight randomisation, and
+writers of small datasets in real formats."""
 
 import importlib.util
 import os
+import pickle
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,3 +52,26 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 def trainable_count(layer: keras.layers.Layer) -> int:
     return int(sum(np.prod(w.shape) for w in layer.trainable_weights))
+
+
+def random_images(count: int, height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def write_cifar_batch(path, images: np.ndarray, labels, label_key: bytes = b"labels", **extra) -> None:
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # the official CHW row layout
+    batch = {b"batch_label": b"test batch", label_key: list(labels), b"data": rows, **extra}
+    with open(path, "wb") as file:
+        pickle.dump(batch, file, protocol=2)
+
+
+def write_cifar10(directory, per_batch: int = 3) -> dict:
+    os.makedirs(directory, exist_ok=True)
+    written = {"train": ([], []), "eval": ([], [])}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        images, labels = random_images(per_batch, seed=i), [(i + k) % 10 for k in range(per_batch)]
+        write_cifar_batch(os.path.join(directory, name), images, labels)
+        split = "eval" if name == "test_batch" else "train"
+        written[split][0].extend(images)
+        written[split][1].extend(labels)
+    return written

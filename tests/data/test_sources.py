@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import random_images, write_cifar10, write_cifar_batch
 from resnet.data import (
     CifarData,
     DataError,
@@ -32,34 +33,11 @@ def read_all(source: DataSource, split: str) -> tuple[list[np.ndarray], np.ndarr
     return images, np.array(labels)
 
 
-def random_images(count: int, height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-
-
 def encode(image: np.ndarray, fmt: str) -> bytes:
     return (tf.io.encode_png if fmt == "png" else tf.io.encode_jpeg)(image).numpy()
 
 
 # CIFAR ------------------------------------------------------------------------------------------
-
-
-def write_cifar_batch(path, images: np.ndarray, labels, label_key: bytes = b"labels", **extra) -> None:
-    rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # the official CHW row layout
-    batch = {b"batch_label": b"test batch", label_key: list(labels), b"data": rows, **extra}
-    with open(path, "wb") as file:
-        pickle.dump(batch, file, protocol=2)
-
-
-def write_cifar10(directory, per_batch: int = 3) -> dict:
-    os.makedirs(directory, exist_ok=True)
-    written = {"train": ([], []), "eval": ([], [])}
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        images, labels = random_images(per_batch, seed=i), [(i + k) % 10 for k in range(per_batch)]
-        write_cifar_batch(os.path.join(directory, name), images, labels)
-        split = "eval" if name == "test_batch" else "train"
-        written[split][0].extend(images)
-        written[split][1].extend(labels)
-    return written
 
 
 def test_cifar10_reads_pixels_and_labels_of_every_batch(tmp_path):
