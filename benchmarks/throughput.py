@@ -39,6 +39,7 @@ flags.DEFINE_integer("image_size", 224, "Height and width of the images.")
 flags.DEFINE_integer("steps", 3, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per model (alternating between models).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per model before timing.")
+flags.DEFINE_bool("jit_compile", False, "Compile both models' steps with XLA (Trainer.jit_compile).")
 flags.DEFINE_integer("memory_probes", 3, "Fresh processes per model measuring peak memory (median).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("memory_probe", None, "Internal: measure the peak memory of one model and exit.")
@@ -72,7 +73,7 @@ def build_step(model_name: str, precision: str):
     if FLAGS.mode == "inference":
         model = make()
 
-        @tf.function
+        @tf.function(jit_compile=FLAGS.jit_compile)
         def forward(x):
             return model(x, training=False)
 
@@ -85,6 +86,7 @@ def build_step(model_name: str, precision: str):
         batch_size=batch,
         steps_per_epoch=1,
         precision=precision,
+        jit_compile=FLAGS.jit_compile,
     )
     trainer.build()
     train_step = trainer._make_train_step()
@@ -131,7 +133,7 @@ def peak_memory_mib(model_name: str, precision: str, probes: int) -> tuple[float
     alive at the same time, and is steady: it compares what two models need.
     """
     command = [sys.executable, os.path.abspath(__file__), f"--memory_probe={model_name}", f"--precision={precision}"]
-    for name in ("config", "mode", "batch_size", "image_size", "steps", "warmup"):
+    for name in ("config", "mode", "batch_size", "image_size", "steps", "warmup", "jit_compile"):
         command.append(f"--{name}={getattr(FLAGS, name)}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     resident, allocated = [], []
@@ -190,6 +192,7 @@ def main(argv):
     results = {
         "config": FLAGS.config, "mode": FLAGS.mode, "precision": FLAGS.precision,
         "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+        "jit_compile": FLAGS.jit_compile,
         "matmul_peak_gflops": round(peak, 1), "models": {},
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "tensorflow": tf.__version__, "keras": keras.__version__},
