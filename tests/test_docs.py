@@ -1,4 +1,4 @@
-"""The examples in the public docstrings run and print what they claim."""
+"""The examples in the public docstrings run and print what they claim; README links resolve."""
 
 import doctest
 import importlib
@@ -41,3 +41,13 @@ def test_every_public_class_has_an_example():
                and ">>>" not in (getattr(resnet, n).__doc__ or "") and n not in ("ResidualBlock", "Shortcut")]
     assert not missing
 
+
+def test_readme_links_point_at_files_of_the_checkout():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (root / "README.md").read_text())
+    local = [t for t in targets if "://" not in t]
+    assert "benchmarks/RESULTS.md" in local and "benchmarks/degradation.png" in local
+    assert [t for t in local if not (root / t).is_file()] == []
