@@ -93,19 +93,18 @@ def train_net(name: str, depth: int, files: list[str], bindings: list[str]) -> d
     from resnet.training.trainer import Trainer
 
     model_dir = os.path.join(FLAGS.output_dir, "runs", name)
-    gin.clear_config()
-    config.parse(files, bindings + net_bindings(name, depth))
-    trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
-    trainer.prepare_model_dir()
-    trainer.write_operative_config()
-    parameters = sum(int(math.prod(w.shape)) for w in trainer.model.trainable_weights)
-    print(f"\n{name}: {parameters:,} trainable parameters, {trainer.epochs} epochs of {trainer.steps} steps "
-          f"on {trainer.data.name}", flush=True)
-    started = time.time()
-    trainer.train()
+    with config.fresh_gin_config():
+        config.parse(files, bindings + net_bindings(name, depth))
+        trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
+        trainer.prepare_model_dir()
+        trainer.write_operative_config()
+        parameters = sum(int(math.prod(w.shape)) for w in trainer.model.trainable_weights)
+        print(f"\n{name}: {parameters:,} trainable parameters, {trainer.epochs} epochs of {trainer.steps} steps "
+              f"on {trainer.data.name}", flush=True)
+        started = time.time()
+        trainer.train()
     with open(os.path.join(model_dir, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
-    gin.clear_config()
     return {
         "parameters": parameters,
         "epoch": [int(r["epoch"]) for r in rows],

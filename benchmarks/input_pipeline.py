@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -60,10 +61,6 @@ def write_shards(directory: str, count: int, shards: int) -> str:
     return os.path.join(directory, "train-*")
 
 
-def median(values):
-    return sorted(values)[len(values) // 2]
-
-
 def pipeline_rate(pipeline, batches: int) -> float:
     """Images/s delivered by fresh training epochs of `pipeline` (after one warm-up epoch)."""
     epoch, delivered, elapsed = 0, 0, 0.0
@@ -95,8 +92,8 @@ def measure(name, trainer) -> dict:
         pipeline_rates.append(pipeline_rate(trainer.pipeline, FLAGS.pipeline_batches))
         model_rates.append(model_rate(trainer, FLAGS.model_steps))
     result = {
-        "pipeline_images_per_second": round(median(pipeline_rates), 1),
-        "model_images_per_second": round(median(model_rates), 2),
+        "pipeline_images_per_second": round(statistics.median(pipeline_rates), 1),
+        "model_images_per_second": round(statistics.median(model_rates), 2),
     }
     result["ratio"] = round(result["pipeline_images_per_second"] / result["model_images_per_second"], 2)
     print(f"{name}: pipeline {result['pipeline_images_per_second']} img/s, training step "
@@ -115,26 +112,27 @@ def main(argv):
     from resnet.training.trainer import Trainer
 
     results = {"tensorflow": tf.__version__, "cores": os.cpu_count()}
-    scratch = tempfile.mkdtemp(prefix="pipeline-benchmark-")
-    if FLAGS.cases in ("both", "demo"):
-        config.parse(["experiments/demo"], [f"Trainer.batch_size = {FLAGS.demo_batch_size}"])
-        results["demo"] = measure("demo", gin.get_configurable(Trainer)(model_dir=scratch))
-        gin.clear_config()
-    if FLAGS.cases in ("both", "tfrecord"):
-        pattern = write_shards(scratch, FLAGS.tfrecord_images, FLAGS.tfrecord_shards)
-        size = FLAGS.tfrecord_image_size
-        config.parse([FLAGS.tfrecord_config], [
-            "InputPipeline.cache = False", "InputPipeline.shuffle_buffer = 256", f"ResNet.input_shape = ({size}, {size}, 3)",
-            "ResNet.num_classes = 1000",
-        ])
-        trainer = gin.get_configurable(Trainer)(
-            model_dir=scratch,
-            data=TFRecordData(pattern, pattern, num_classes=1000),
-            preprocessing=Preprocessing("imagenet", image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            batch_size=FLAGS.tfrecord_batch_size,
-            steps_per_epoch=FLAGS.pipeline_batches,
-        )
-        results["tfrecord"] = measure("tfrecord", trainer)
+    with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as scratch:
+        if FLAGS.cases in ("both", "demo"):
+            with config.fresh_gin_config():
+                config.parse(["experiments/demo"], [f"Trainer.batch_size = {FLAGS.demo_batch_size}"])
+                results["demo"] = measure("demo", gin.get_configurable(Trainer)(model_dir=scratch))
+        if FLAGS.cases in ("both", "tfrecord"):
+            pattern = write_shards(scratch, FLAGS.tfrecord_images, FLAGS.tfrecord_shards)
+            size = FLAGS.tfrecord_image_size
+            with config.fresh_gin_config():
+                config.parse([FLAGS.tfrecord_config], [
+                    "InputPipeline.cache = False", "InputPipeline.shuffle_buffer = 256",
+                    f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 1000",
+                ])
+                trainer = gin.get_configurable(Trainer)(
+                    model_dir=scratch,
+                    data=TFRecordData(pattern, pattern, num_classes=1000),
+                    preprocessing=Preprocessing("imagenet", image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                    batch_size=FLAGS.tfrecord_batch_size,
+                    steps_per_epoch=FLAGS.pipeline_batches,
+                )
+                results["tfrecord"] = measure("tfrecord", trainer)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(results, f, indent=2)
