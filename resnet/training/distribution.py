@@ -1,18 +1,96 @@
-"""Distribution strategies, chosen by name in gin.
+"""Devices and distribution strategies, chosen by name in gin, and the life of a worker cluster.
 
 Batch sizes in this project are global: `Trainer.batch_size = 256` on 8 replicas gives each
 replica 32 images per step, and the learning rate is that of a 256-image step.
+
+`setup` is the one place devices and the strategy are set up. With "multi_worker_mirrored"
+every worker runs the same command with its own `TF_CONFIG`; the workers train in lockstep, so
+none can go on without the others. This module makes the cluster fail fast and clearly instead
+of hanging, and leaves the restart to the scheduler:
+
+* a worker waits at most `cluster_timeout` seconds for its peers to join, then raises
+  `ClusterError` naming those that did not;
+* a worker that dies is noticed by the others at their next collective (within a second when
+  its process is gone, within about `HEARTBEAT_TIMEOUT` seconds when it hangs or its machine
+  is unreachable), and `reraise_as_cluster_error` turns TensorFlow's error into a one-line
+  `ClusterError` naming the lost worker: print it and `exit_process` with
+  `CLUSTER_ERROR_EXIT_CODE`;
+* SIGTERM (a preemption notice) to any worker becomes, through `StopSignal`, a stop that every
+  worker agrees on at the same step: each saves its backup there and exits with
+  `PREEMPTED_EXIT_CODE`. Restarting every worker with the same command resumes the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import NoReturn
 
 import tensorflow as tf
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.eager import context
 
 from resnet.validation import check_choice, check_int
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+DEFAULT_CLUSTER_TIMEOUT = 600.0
+"""Seconds a worker waits for all workers of its cluster to start (`Trainer.cluster_timeout`)."""
+HEARTBEAT_TIMEOUT = 10.0
+"""Seconds without a heartbeat after which a worker counts as lost (TensorFlow's default)."""
+CLUSTER_ERROR_EXIT_CODE = 75
+"""Exit code of a worker whose cluster did not form or lost a worker (EX_TEMPFAIL: restart all)."""
+PREEMPTED_EXIT_CODE = 42
+"""Exit code of a worker that saved its backup and stopped on SIGTERM (as TensorFlow's
+`PreemptionCheckpointHandler`): restart all workers with the same command to resume."""
+
+_COORDINATED_JOBS = ("chief", "worker")
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+# TensorFlow lists the tasks it lost after these words.
+_LISTED_TASKS = re.compile(r"(?:stopped sending heartbeats\)|timed out task names):((?:\s*/job:[\w:/]+)+)")
+# The peer an RPC failed to reach.
+_REMOTE_TASK = re.compile(r"remote target (/job:\w+/(?:replica:\d+/)?task:\d+)")
+# Errors a failed collective or the coordination service raises when a worker is gone.
+_CLUSTER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.InternalError,
+    tf.errors.FailedPreconditionError,
+)
+# Words of TensorFlow's messages about the cluster (a data error may also be "Unavailable").
+_CLUSTER_WORDS = re.compile(
+    r"Collective ops is aborted|remote target /job:|[Cc]oordination ?[Ss]ervice|stopped sending heartbeats|"
+    r"Barrier timed out"
+)
+_PEER_PROBE_MS = 2000
+
+# The strategies set up in this process, by (name, logical_cpus, cluster_timeout or None).
+_strategies: dict[tuple[str, int | None, float | None], tf.distribute.Strategy] = {}
+
+
+class ClusterError(RuntimeError):
+    """The workers of a multi-worker run did not all join, or one was lost.
+
+    The message is one line that names the workers and says what to do: restart every worker
+    with the same command (a run resumes from its last backup).
+
+    Example:
+        >>> error = ClusterError("Lost worker 1 (localhost:2222).", lost=("worker 1 (localhost:2222)",))
+        >>> error.lost
+        ('worker 1 (localhost:2222)',)
+    """
+
+    def __init__(self, message: str, lost: Sequence[str] = ()):
+        super().__init__(message)
+        self.lost = tuple(lost)
 
 
 def split_cpu(logical_cpus: int) -> None:
@@ -32,33 +110,255 @@ def split_cpu(logical_cpus: int) -> None:
         ) from error
 
 
-_MULTI_WORKER: list[tf.distribute.Strategy] = []
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """Returns the strategy named `name`.
+def setup(
+    strategy: str = "default",
+    logical_cpus: int | None = None,
+    cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
+) -> tf.distribute.Strategy:
+    """Sets up the devices and returns the strategy named `strategy`.
 
     * "default": one device.
     * "mirrored": synchronous data parallelism over all local GPUs, or over the logical CPUs
       when there is no GPU.
     * "multi_worker_mirrored": synchronous data parallelism over the workers that the
-      `TF_CONFIG` environment variable describes (each worker runs the same command). It
-      must be created before any other TensorFlow op runs; it is created once per process.
+      `TF_CONFIG` environment variable describes; every worker runs the same command. This
+      worker prints that it is waiting for the others, and raises `ClusterError` if they have
+      not all joined within `cluster_timeout` seconds.
+
+    Call it before any other TensorFlow op of the process: TensorFlow fixes its devices and
+    collective runtime when it runs the first op, so once that happened a call with other
+    arguments raises `ValueError`; a call with the same arguments returns the same strategy.
+
+    Args:
+        strategy: One of `STRATEGIES`.
+        logical_cpus: Split the CPU into this many logical devices first (see `split_cpu`);
+            None leaves the devices as they are.
+        cluster_timeout: Seconds to wait for all workers of a multi-worker cluster to join.
+
+    Returns:
+        The strategy.
+
+    Raises:
+        ValueError: An argument is invalid, `TF_CONFIG` is missing or invalid, or devices
+            were already set up otherwise in this process.
+        ClusterError: The workers did not all join within `cluster_timeout` seconds.
+
+    Example:
+        >>> strategy = setup("default")
+        >>> strategy.num_replicas_in_sync
+        1
     """
-    check_choice("Trainer.strategy", name, STRATEGIES)
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
+    check_choice("Trainer.strategy", strategy, STRATEGIES)
+    if logical_cpus is not None:
+        check_int("Trainer.logical_cpus", logical_cpus)
+    if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) or cluster_timeout <= 0:
+        raise ValueError(f"`Trainer.cluster_timeout` must be a number of seconds > 0; received {cluster_timeout!r}.")
+    multi_worker = strategy == "multi_worker_mirrored"
+    key = (strategy, logical_cpus, float(cluster_timeout) if multi_worker else None)
+    if key in _strategies:
+        return _strategies[key]
+    if _strategies and _devices_initialized():
+        earlier = next(iter(_strategies))
+        raise ValueError(
+            f"Devices are already set up in this process for `Trainer.strategy`={earlier[0]!r}, "
+            f"`Trainer.logical_cpus`={earlier[1]!r}; they cannot change to {strategy!r}, {logical_cpus!r} "
+            "(start a new process)."
+        )
+    if multi_worker and _devices_initialized():
+        raise ValueError(
+            "`Trainer.strategy`='multi_worker_mirrored' must be set up before any other TensorFlow "
+            "op runs in the process."
+        )
+    if logical_cpus is not None:
+        split_cpu(logical_cpus)
+    if strategy == "default":
+        created = tf.distribute.get_strategy()
+    elif strategy == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+        created = tf.distribute.MirroredStrategy([d.name for d in devices])
+    else:
+        created = _join_cluster(float(cluster_timeout))
+    _strategies[key] = created
+    return created
+
+
+def _devices_initialized() -> bool:
+    """Whether TensorFlow has fixed its devices (it does when it first runs an op)."""
+    return context.context()._initialized  # pylint: disable=protected-access
+
+
+def _join_cluster(timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """Creates the MultiWorkerMirroredStrategy of `TF_CONFIG`, waiting at most `timeout` s."""
     if "TF_CONFIG" not in os.environ:
         raise ValueError(
             "`Trainer.strategy`='multi_worker_mirrored' needs the TF_CONFIG environment variable "
             "describing the cluster and this worker's task."
         )
-    if not _MULTI_WORKER:
-        _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
-    return _MULTI_WORKER[0]
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec()
+    tasks = _tasks(cluster)
+    me = (resolver.task_type, resolver.task_id)
+    if me not in tasks:
+        raise ValueError(
+            f"TF_CONFIG's task {{'type': {me[0]!r}, 'index': {me[1]!r}}} must be a 'chief' or 'worker' task "
+            f"of its cluster {cluster.as_dict()!r}."
+        )
+    peers = [task for task in tasks if task != me]
+    if peers:
+        count = f"{len(peers)} worker{'s' if len(peers) > 1 else ''}"
+        print(
+            f"{_describe(cluster, *me)} is waiting up to {timeout:g} s for the other {count} of the cluster: "
+            f"{', '.join(_describe(cluster, *peer) for peer in peers)}.",
+            flush=True,
+        )
+    # Configured before the strategy, which then keeps it: without a registration barrier and
+    # timeout, a worker whose peers never start waits forever.
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster),
+        cluster_register_timeout_in_ms=int(timeout * 1000),
+        heartbeat_timeout_in_ms=int(HEARTBEAT_TIMEOUT * 1000),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+            for job in _COORDINATED_JOBS
+            if job in cluster.jobs
+        ],
+    )
+    context.context().coordination_service.cluster_register_with_barrier = True
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except _CLUSTER_ERRORS as error:
+        missing = [_describe(cluster, *task) for task in _named_tasks(str(error), me) or peers]
+        raise ClusterError(
+            f"The cluster did not form within `Trainer.cluster_timeout`={timeout:g} s: {', '.join(missing)} did "
+            "not join. Start every worker with the same command (and the same TF_CONFIG cluster).",
+            lost=missing,
+        ) from None
+
+
+def _tasks(cluster: tf.train.ClusterSpec) -> list[tuple[str, int]]:
+    """The (job, index) of every chief and worker task of `cluster`."""
+    return [(job, index) for job in _COORDINATED_JOBS if job in cluster.jobs for index in range(cluster.num_tasks(job))]
+
+
+def _describe(cluster: tf.train.ClusterSpec, job: str, index: int) -> str:
+    """'worker 1 (host:port)'."""
+    return f"{job} {index} ({cluster.task_address(job, index)})"
+
+
+def _named_tasks(message: str, me: tuple[str, int]) -> list[tuple[str, int]]:
+    """The peers `message` (from TensorFlow) says are lost, in order, without duplicates."""
+    listed = _LISTED_TASKS.search(message)
+    remote = _REMOTE_TASK.search(message)
+    if listed:
+        found = _TASK.findall(listed.group(1))
+    elif remote:
+        # Each worker relaying the error appends its own "remote target": the first is the source.
+        found = [_TASK.match(remote.group(1)).groups()]
+    else:
+        found = []
+    tasks = []
+    for job, index in found:
+        task = (job, int(index))
+        if task != me and task not in tasks:
+            tasks.append(task)
+    return tasks
+
+
+def _unreachable_peers(strategy: tf.distribute.Strategy) -> list[tuple[str, int]]:
+    """The peers that do not answer a health check (slow: only when the error names none)."""
+    resolver = strategy.cluster_resolver
+    lost = []
+    for job, index in _tasks(resolver.cluster_spec()):
+        if (job, index) == (resolver.task_type, resolver.task_id):
+            continue
+        try:
+            context.context().check_collective_ops_peer_health(f"/job:{job}/replica:0/task:{index}", _PEER_PROBE_MS)
+        except (tf.errors.UnavailableError, tf.errors.FailedPreconditionError, tf.errors.DeadlineExceededError):
+            lost.append((job, index))
+    return lost
+
+
+def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is not None and bool(resolver.task_type)
+
+
+def cluster_error(error: BaseException, strategy: tf.distribute.Strategy) -> ClusterError | None:
+    """The `ClusterError` that `error` means, or None if it is not about the cluster.
+
+    In a multi-worker run, TensorFlow reports a lost worker as an `UnavailableError` (also
+    Aborted, DeadlineExceeded, Cancelled, Internal or FailedPrecondition) from the next collective
+    of each survivor, with a multi-line message and a traceback. The worker is named from the
+    message, or else found by a health check of every peer.
+
+    Args:
+        error: An exception raised while training.
+        strategy: The strategy the training runs under.
+
+    Returns:
+        A one-line `ClusterError` naming the lost workers, or None for any other error and for
+        single-process strategies.
+
+    Example:
+        >>> cluster_error(ValueError("bad"), setup("default")) is None
+        True
+    """
+    if isinstance(error, ClusterError):
+        return error
+    if not _is_multi_worker(strategy) or not isinstance(error, _CLUSTER_ERRORS):
+        return None
+    message = str(error)
+    if not _CLUSTER_WORDS.search(message):
+        return None
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec()
+    tasks = _named_tasks(message, (resolver.task_type, resolver.task_id)) or _unreachable_peers(strategy)
+    lost = [_describe(cluster, *task) for task in tasks]
+    return ClusterError(
+        f"{task_name(strategy).capitalize()} lost {', '.join(lost) or 'a peer worker'} of the cluster "
+        f"({type(error).__name__}). Restart all workers with the same command; the run resumes from its "
+        "last backup.",
+        lost=lost,
+    )
+
+
+@contextlib.contextmanager
+def reraise_as_cluster_error(strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Turns TensorFlow's errors about a lost worker, raised inside, into a `ClusterError`.
+
+    Wrap all of training (not only the step: the lost worker surfaces in whichever collective,
+    dataset iterator or checkpoint read comes next); other errors pass unchanged.
+
+    Example:
+        >>> with reraise_as_cluster_error(setup("default")):
+        ...     pass
+    """
+    try:
+        yield
+    except Exception as error:  # pylint: disable=broad-except
+        converted = cluster_error(error, strategy)
+        if converted is None or converted is error:
+            raise
+        raise converted from None
+
+
+def exit_process(code: int, message: str = "") -> NoReturn:
+    """Prints `message` to stderr and ends the process now with `code`, skipping cleanup.
+
+    For a worker whose cluster is broken (`ClusterError`): a normal exit lets TensorFlow shut
+    down its coordination agent, which takes a second or more and prints multi-line errors about
+    the lost workers after the message. Buffered output is flushed first; files being written
+    must be closed before.
+
+    Example:
+        >>> exit_process(CLUSTER_ERROR_EXIT_CODE, "error: lost worker 1")  # doctest: +SKIP
+    """
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -71,3 +371,102 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str:
+    """This process's task in a multi-worker cluster, such as "worker 1" or "chief 0"; "" when
+    there is no cluster.
+
+    Example:
+        >>> task_name(setup("default"))
+        ''
+    """
+    if not _is_multi_worker(strategy):
+        return ""
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def agree(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
+    """The smallest and largest of `value` over all workers.
+
+    Every worker must call it at the same point (it is a collective). In a single process the
+    replicas share the value, so no communication happens.
+
+    Args:
+        strategy: The strategy the workers run under.
+        value: This worker's integer.
+
+    Returns:
+        `(min, max)` over the workers.
+
+    Example:
+        >>> agree(setup("default"), 7)
+        (7, 7)
+    """
+    if not _is_multi_worker(strategy):
+        return value, value
+    gathered = _gatherer(strategy)(tf.constant([value], tf.int64)).numpy()
+    return int(gathered.min()), int(gathered.max())
+
+
+@functools.cache
+def _gatherer(strategy: tf.distribute.Strategy) -> tf.types.experimental.PolymorphicFunction:
+    """A function gathering one int64 per replica (one traced function per strategy)."""
+
+    @tf.function
+    def gather(value: tf.Tensor) -> tf.Tensor:
+        # The identity puts the value on the replica's device (collectives need one).
+        gathered = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(tf.identity(value), axis=0))
+        return strategy.experimental_local_results(gathered)[0]
+
+    return gather
+
+
+class StopSignal:
+    """SIGTERM (a preemption notice) as a request to stop that all workers agree on.
+
+    Inside the `with` block (entered from the main thread) SIGTERM no longer kills the
+    process: it marks this worker as signalled. `agreed()` is True on every worker at the same
+    call once any worker has been signalled, so all stop after the same step, none waiting alone
+    in a collective for the others. Call `agreed()` once per step on every worker, save the
+    backup when it is True, and exit with `PREEMPTED_EXIT_CODE`. The signal is seen at the
+    next step: the scheduler's grace period must cover a step and a backup.
+
+    Args:
+        strategy: The strategy the workers train under.
+        signals: The signals that request a stop.
+
+    Example:
+        >>> strategy = setup("default")
+        >>> with StopSignal(strategy) as stop:
+        ...     for step in range(3):
+        ...         if stop.agreed():  # after the step's work
+        ...             break  # save the backup, then exit with PREEMPTED_EXIT_CODE
+        >>> stop.received
+        False
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, signals: Sequence[signal.Signals] = (signal.SIGTERM,)):
+        self.strategy = strategy
+        self.signals = tuple(signals)
+        self.received = False
+        self._previous: dict[signal.Signals, object] = {}  # the handlers to restore
+
+    def __enter__(self) -> StopSignal:
+        for number in self.signals:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        del number, frame  # Printing here could interrupt a print of the main thread.
+        self.received = True
+
+    def agreed(self) -> bool:
+        """Whether any worker has received a stop signal; the same on every worker."""
+        return agree(self.strategy, int(self.received))[1] > 0
