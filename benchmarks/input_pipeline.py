@@ -76,7 +76,7 @@ def pipeline_rate(pipeline, batches: int) -> float:
 def model_rate(trainer, steps: int) -> float:
     """Images/s the trainer's step consumes, on a batch already in memory."""
     batch = next(iter(trainer.pipeline.train(0, steps=1)))
-    step = trainer._make_train_step()
+    step = trainer.make_train_step()
     step(batch)
     step(batch)
     start = time.perf_counter()

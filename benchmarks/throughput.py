@@ -89,7 +89,7 @@ def build_step(model_name: str, precision: str):
         jit_compile=FLAGS.jit_compile,
     )
     trainer.build()
-    train_step = trainer._make_train_step()
+    train_step = trainer.make_train_step()
     return (lambda: float(train_step((images, labels))[0])), trainer.model
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import gin
 import tensorflow as tf
@@ -13,7 +13,9 @@ from absl import flags, logging
 
 from resnet import config as gin_config
 from resnet.training import distribution
-from resnet.training.trainer import Trainer, TrainingDiverged
+from resnet.training.evaluator import restore_model
+from resnet.training.rundir import RunDirectory
+from resnet.training.trainer import Trainer, TrainingDiverged, TrainingStopped
 
 
 def define_gin_param_flag() -> None:
@@ -23,7 +25,14 @@ def define_gin_param_flag() -> None:
 
 
 def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Callable[[list[str]], None]:
-    """Wraps an absl `main` so a user's mistake ends with one clear line on stderr and exit code 2.
+    """Wraps an absl `main` so that it ends with one clear line on stderr, and an exit code that
+    says what a scheduler should do:
+
+    * 2: a user's mistake (bad config or data, a diverged loss); rerunning will not help.
+    * `distribution.CLUSTER_ERROR_EXIT_CODE` (75): a multi-worker cluster did not form or lost a
+      worker; restart every worker with the same command.
+    * `distribution.PREEMPTED_EXIT_CODE` (42): stopped by SIGTERM after saving a backup; rerun
+      the same command (every worker) to resume.
 
     Library INFO logging (gin's file probing, TensorFlow's checkpoint internals) is hidden
     unless the user asks for it with `--verbosity=0`.
@@ -38,51 +47,69 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
         except (ValueError, TrainingDiverged) as error:
             print(f"{program}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except TrainingStopped as stopped:
+            print(f"{program}: {stopped}", file=sys.stderr, flush=True)
+            sys.exit(distribution.PREEMPTED_EXIT_CODE)
+        except distribution.ClusterError as error:
+            # Exits at once: TensorFlow's shutdown of a broken cluster is slow and noisy.
+            distribution.exit_process(distribution.CLUSTER_ERROR_EXIT_CODE, f"{program}: error: {error}")
 
     return wrapped
 
 
 def parse_gin(config_files: list, gin_params: list[str]) -> None:
-    """Parses the run's gin config, then sets up devices and a multi-worker strategy if asked.
-
-    Both must precede any other TensorFlow op, and gin runs data sources (which may read data)
-    when it builds the `Trainer`, so they happen here, before that.
-    """
+    """Parses a run's gin files and bindings into a fresh global gin config."""
     gin.clear_config()
     gin_config.parse(config_files, gin_params)
-    logical_cpus = _bound("Trainer.logical_cpus")
-    if logical_cpus:
-        distribution.split_cpu(logical_cpus)
-    if _bound("Trainer.strategy") == "multi_worker_mirrored":
-        distribution.make_strategy("multi_worker_mirrored")
 
 
-def _bound(binding: str):
-    try:
-        return gin.query_parameter(binding)
-    except ValueError:  # not bound
-        return None
+def setup_training_strategy() -> tf.distribute.Strategy:
+    """Sets up the devices and strategy that the parsed config binds on `Trainer`.
+
+    It must precede any other TensorFlow op, and gin runs the data sources (which may read
+    data) when it constructs the `Trainer`, so the settings are read from gin here, before that.
+    """
+    defaults = inspect.signature(Trainer).parameters
+
+    def setting(name: str):
+        try:
+            return gin.query_parameter(f"Trainer.{name}")
+        except ValueError:  # not bound
+            return defaults[name].default
+
+    return distribution.setup(setting("strategy"), setting("logical_cpus"), setting("cluster_timeout"))
 
 
 def trainer_from_run(model_dir: str, gin_params: list[str]) -> Trainer:
-    """A `Trainer` for an existing run: its operative config plus extra bindings."""
-    operative = Path(model_dir) / "operative_config.gin"
-    if not operative.is_file():
+    """A `Trainer` for an existing run, configured by its operative config plus extra bindings.
+
+    No strategy is set up: evaluating and exporting run on one device whatever the run trained with.
+    """
+    operative = RunDirectory(model_dir).operative_config()
+    if operative is None:
         raise ValueError(
             f"`--model_dir` {model_dir!r} holds no operative_config.gin; point it at a directory "
             "written by resnet-train."
         )
-    parse_gin([operative], gin_params)
+    gin.clear_config()
+    gin_config.parse([], [operative, *gin_params])
     return gin.get_configurable(Trainer)(model_dir=model_dir)
 
 
-def restored_trainer(model_dir: str, gin_params: list[str], checkpoint: str) -> tuple[Trainer, str]:
-    """A `Trainer` for an existing run with `checkpoint` restored; returns it and the path."""
+def restored_model(model_dir: str, gin_params: list[str], checkpoint: str):
+    """The model of an existing run with `checkpoint` restored, on one device.
+
+    Returns:
+        `(trainer, model, evaluator, path)`: the run's (unbuilt) trainer for its settings, the
+        model, an `Evaluator` of it, and the checkpoint path restored.
+    """
     trainer = trainer_from_run(model_dir, gin_params)
-    path = trainer.restore(checkpoint)
+    path = trainer.run_dir.checkpoint_path(checkpoint)
     if path is None:
         raise ValueError(f"No {checkpoint!r} checkpoint in {model_dir!r}; train first.")
-    return trainer, path
+    model, evaluator = trainer.build_evaluator()
+    restore_model(model, path)
+    return trainer, model, evaluator, path
 
 
 def print_json_last(results: dict) -> None:

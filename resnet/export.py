@@ -1,6 +1,9 @@
 """`resnet-export`: writes a servable SavedModel (uint8 images in, probabilities out) and a `.keras` file.
 
     resnet-export --model_dir=runs/demo-20260101-120000 --output=exports/demo [--checkpoint=best]
+
+Runs on one device whatever strategy the run trained with; `--model_dir` and `--output` may be
+local paths or TensorFlow file system URIs.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
-    trainer, path = cli.restored_trainer(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
+    trainer, model, _, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
     output = export_for_serving(
-        trainer.model, trainer.preprocessing, FLAGS.output, from_logits=trainer.from_logits, overwrite=FLAGS.overwrite
+        model, trainer.preprocessing, FLAGS.output, from_logits=trainer.from_logits, overwrite=FLAGS.overwrite
     )
     print(f"Exported {path} to {output}/saved_model and {output}/model.keras", flush=True)
 

@@ -11,9 +11,9 @@ last backup within an epoch), also after the process was killed.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from pathlib import Path
 
 import gin
 from absl import app, flags
@@ -25,7 +25,9 @@ DEMO = "experiments/demo"
 
 flags.DEFINE_multi_string("gin_file", [], f"Gin config: a shipped name or a path; repeatable. Default: {DEMO}.")
 cli.define_gin_param_flag()
-flags.DEFINE_string("model_dir", None, "Directory of the run (default: ./runs/<config>-<timestamp>).")
+flags.DEFINE_string(
+    "model_dir", None, "Directory of the run, a path or a TensorFlow file system URI (default: ./runs/<config>-<timestamp>)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -34,12 +36,13 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"unexpected arguments {argv[1:]}; use --gin_file, --gin_param and --model_dir.")
     files = FLAGS.gin_file or [DEMO]
     cli.parse_gin(files, FLAGS.gin_param)
-    model_dir = FLAGS.model_dir or str(Path("runs") / f"{Path(files[0]).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    strategy = cli.setup_training_strategy()
+    stem = os.path.splitext(os.path.basename(files[0]))[0]
+    model_dir = FLAGS.model_dir or os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
-    trainer.prepare_model_dir(sys.argv)
+    trainer.build(strategy)
     print(f"Writing to {model_dir}", flush=True)
-    trainer.write_operative_config()
-    trainer.train()
+    trainer.train(command=sys.argv)
     print(f"Done. Results in {model_dir}", flush=True)
 
 

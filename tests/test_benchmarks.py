@@ -95,6 +95,17 @@ def test_input_pipeline_reports_rates_of_both_cases(tmp_path):
         assert entry["ratio"] == pytest.approx(entry["pipeline_images_per_second"] / entry["model_images_per_second"], rel=2e-2)
 
 
+def test_determinism_reports_both_settings_and_their_ratio(tmp_path):
+    out = tmp_path / "determinism.json"
+    result = run_script("determinism.py", "--batch_size=8", "--steps=1", "--warmup=1", "--repeats=1", f"--json={out}")
+    results = json.loads(out.read_text())
+    for setting in ("default", "deterministic"):
+        assert results[setting]["images_per_second"] > 0
+    ratio = results["deterministic"]["images_per_second"] / results["default"]["images_per_second"]
+    assert results["deterministic_vs_default"] == pytest.approx(ratio, rel=1e-2)
+    assert results["machine"]["cpu"] in result.stdout
+
+
 def test_degradation_nets_are_the_shipped_cifar_configs():
     degradation = load_module("degradation")
     for depth, shipped in ((20, "resnet20"), (56, "resnet56"), (20, "plain20"), (56, "plain56")):

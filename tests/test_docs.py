@@ -21,7 +21,10 @@ MODULES = [
     "resnet.data.pipeline",
     "resnet.data.preprocessing",
     "resnet.data.sources",
+    "resnet.training.distribution",
+    "resnet.training.evaluator",
     "resnet.training.schedules",
+    "resnet.training.steps",
     "resnet.interop",
 ]
 

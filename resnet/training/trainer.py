@@ -1,21 +1,13 @@
-"""Training, evaluation and checkpointing of a ResNet, configured by gin.
+"""The training loop of a ResNet, configured by gin: resumable, distributed, reproducible.
 
-A run lives in its `model_dir`:
-
-```
-model_dir/
-  operative_config.gin   the gin bindings the run really used (written once model and data exist)
-  command.txt            each command line that ran in this directory, with its start time
-  metrics.csv            one row per epoch: loss, accuracy, val_loss, val_accuracy, ...
-  tensorboard/           TensorBoard event files
-  backup/                the newest state (mid-epoch or end of epoch): where a rerun resumes
-  checkpoints/           the last `keep_checkpoints` end-of-epoch checkpoints
-  best/                  the checkpoint with the best validation accuracy, and best.json
-```
-
+A run lives in its `model_dir` (see `resnet.training.rundir.RunDirectory` for every file).
 Checkpoints are TensorFlow checkpoints: data files are written first and the "latest" pointer
-is replaced atomically afterwards, so a crash while saving leaves the previous checkpoint as
-the latest. `metrics.csv` and the JSON files are replaced atomically too.
+is replaced afterwards, so a crash while saving leaves the previous checkpoint as the latest.
+`metrics.csv` and the JSON files are replaced by rename too.
+
+The parts, each with one job: `resnet.training.distribution` sets up devices and the strategy,
+`resnet.training.steps` builds the train and eval steps, `resnet.training.evaluator` evaluates
+and restores, `RunDirectory` owns the files of `model_dir`, and `Trainer` is the loop.
 """
 
 from __future__ import annotations
@@ -23,15 +15,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
 from resnet.data.pipeline import InputPipeline
@@ -40,19 +29,25 @@ from resnet.data.sources import DataSource
 from resnet.interop import PretrainedWeights, freeze
 from resnet.model import ResNet
 from resnet.training import distribution
-from resnet.training.records import MetricsLog, atomic_write_json, atomic_write_text
+from resnet.training.evaluator import Evaluator, data_errors_named, restore_checkpoint, variables_by_path
+from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory
 from resnet.training.schedules import learning_rate_schedule
+from resnet.training.steps import make_train_step
 from resnet.validation import check_choice, check_int, check_rate
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PROGRESS = ("auto", "bar", "epoch")
-METRICS_COLUMNS = (
-    "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5", "learning_rate", "seconds",
-)
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingStopped", "variables_by_path"]
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a stop signal (SIGTERM, a preemption notice) after saving a backup;
+    running the same command again resumes there."""
 
 
 @gin.configurable(module="resnet", denylist=["model_dir"])
@@ -60,11 +55,13 @@ class Trainer:
     """Trains a model on a data source with SGD, and evaluates and checkpoints it.
 
     Everything but `model_dir` is bound in gin (`Trainer.epochs = 90`); see
-    `configs/experiments/` for complete recipes.
+    `configs/experiments/` for complete recipes. Constructing a Trainer only checks and stores
+    its settings; `build()` creates the model, optimizer and input pipeline, `train()` runs.
 
     Args:
-        model_dir: Directory of the run (created if missing). Rerunning with the same directory
-            resumes where the last run stopped.
+        model_dir: Directory of the run: a local path or any URI TensorFlow's file systems
+            open (`gs://...`). Rerunning with the same directory resumes where the last run
+            stopped; every worker of a multi-worker run must see the same directory.
         data: The `DataSource` (e.g. `@DigitsData()`, `@CifarData()`, `@TFRecordData()`).
         preprocessing: Augmentation and normalization (`@Preprocessing()`).
         model: The model class (or a function) that gin builds; `ResNet` by default.
@@ -83,11 +80,16 @@ class Trainer:
         strategy: "default", "mirrored" or "multi_worker_mirrored" (see
             `resnet.training.distribution`).
         logical_cpus: Split the CPU into this many logical devices (for "mirrored" without GPUs).
+        cluster_timeout: Seconds a worker of a multi-worker run waits for all its peers to
+            join before giving up with an error.
         jit_compile: Compile the train and eval steps with XLA.
         keep_checkpoints: End-of-epoch checkpoints to keep.
         backup_every_steps: Also save a resumable backup every this many steps within an epoch
             (0: only at the end of epochs).
-        seed: Seed of weight initialization and data order.
+        seed: Seed of weight initialization, data order, augmentation and dropout / drop path.
+        deterministic: Make TensorFlow's ops deterministic, so that two runs with the same seed
+            compute the same numbers bit for bit (at some cost in speed; see
+            benchmarks/RESULTS.md).
         progress: "bar" (a progress bar per epoch), "epoch" (one line per epoch), or "auto"
             (a bar on terminals, lines otherwise).
         initial_weights: Pretrained weights to start a new run from (`@PretrainedWeights()`:
@@ -95,6 +97,14 @@ class Trainer:
         freeze_stages: Make the stem and the first this many stages non-trainable (their batch
             norms then use their moving statistics), for fine-tuning; None trains everything.
             Bind `ResNet.norm = 'frozen_batch'` to freeze every batch norm instead.
+
+    Example:
+
+    >>> import resnet                                                        # doctest: +SKIP
+    >>> resnet.parse(["experiments/demo"], ["Trainer.epochs = 1"])           # doctest: +SKIP
+    >>> trainer = gin.get_configurable(Trainer)(model_dir="runs/demo")       # doctest: +SKIP
+    >>> trainer.train()["val_accuracy"] > 0.5                                # doctest: +SKIP
+    True
     """
 
     def __init__(
@@ -114,17 +124,20 @@ class Trainer:
         precision: str = "float32",
         strategy: str = "default",
         logical_cpus: int | None = None,
+        cluster_timeout: float = distribution.DEFAULT_CLUSTER_TIMEOUT,
         jit_compile: bool = False,
         keep_checkpoints: int = 3,
         backup_every_steps: int = 500,
         seed: int = 0,
+        deterministic: bool = False,
         progress: str = "auto",
         initial_weights: PretrainedWeights | None = None,
         freeze_stages: int | None = None,
     ):
         if not isinstance(data, DataSource):
             raise ValueError(f"`Trainer.data` must be a DataSource such as @DigitsData(); received {data!r}.")
-        self.model_dir = Path(model_dir)
+        self.run_dir = RunDirectory(os.fspath(model_dir))
+        self.model_dir = self.run_dir.path
         self.data = data
         self.preprocessing = preprocessing if preprocessing is not None else Preprocessing()
         self.model_fn = model
@@ -140,11 +153,17 @@ class Trainer:
         self.label_smoothing = check_rate("Trainer.label_smoothing", label_smoothing)
         self.precision = check_choice("Trainer.precision", precision, PRECISIONS)
         self.strategy_name = check_choice("Trainer.strategy", strategy, distribution.STRATEGIES)
-        self.logical_cpus = logical_cpus
+        self.logical_cpus = None if logical_cpus is None else check_int("Trainer.logical_cpus", logical_cpus)
+        if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) or cluster_timeout <= 0:
+            raise ValueError(f"`Trainer.cluster_timeout` must be a number of seconds > 0; received {cluster_timeout!r}.")
+        self.cluster_timeout = float(cluster_timeout)
         self.jit_compile = bool(jit_compile)
         self.keep_checkpoints = check_int("Trainer.keep_checkpoints", keep_checkpoints)
         self.backup_every_steps = check_int("Trainer.backup_every_steps", backup_every_steps, minimum=0)
-        self.seed = seed
+        self.seed = check_int("Trainer.seed", seed, minimum=0)
+        if not isinstance(deterministic, bool):
+            raise ValueError(f"`Trainer.deterministic` must be True or False; received {deterministic!r}.")
+        self.deterministic = deterministic
         self.progress = check_choice("Trainer.progress", progress, PROGRESS)
         if initial_weights is not None and not isinstance(initial_weights, PretrainedWeights):
             raise ValueError(
@@ -156,13 +175,21 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- building
 
-    def build(self) -> None:
-        """Creates the strategy, model, optimizer, input pipeline and checkpoint objects."""
+    def setup_strategy(self) -> tf.distribute.Strategy:
+        """Sets up devices and the strategy this trainer is configured with (see
+        `distribution.setup`); must precede any other TensorFlow op in the process."""
+        return distribution.setup(self.strategy_name, self.logical_cpus, self.cluster_timeout)
+
+    def build(self, strategy: tf.distribute.Strategy | None = None) -> None:
+        """Creates the model, optimizer, input pipeline and checkpoint objects.
+
+        Args:
+            strategy: The strategy to train under, as `setup_strategy()` (or
+                `distribution.setup`) returned it; None sets it up here.
+        """
         if self._built:
             return
-        if self.logical_cpus:
-            distribution.split_cpu(self.logical_cpus)
-        self.strategy = distribution.make_strategy(self.strategy_name)
+        self.strategy = strategy or self.setup_strategy()
         self.is_chief = distribution.is_chief(self.strategy)
         replicas = self.strategy.num_replicas_in_sync
         if self.batch_size % replicas:
@@ -171,6 +198,8 @@ class Trainer:
             )
         print(f"Strategy {self.strategy_name!r}: {replicas} replica{'s' if replicas > 1 else ''}, "
               f"{self.batch_size // replicas} images per replica per step.", flush=True)
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
         keras.config.set_dtype_policy(self.precision)
         keras.utils.set_random_seed(self.seed)
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
@@ -181,19 +210,17 @@ class Trainer:
                 "`Trainer.steps_per_epoch` (e.g. 1281167 // 256 = 5004 for ImageNet at batch 256)."
             )
         with self.strategy.scope():
-            self.model = gin.get_configurable(self.model_fn)() if _is_configurable(self.model_fn) else self.model_fn()
-            self._check_model()
+            self.model = self.make_model()
             if self.freeze_stages is not None:
                 freeze(self.model, self.freeze_stages)
-            schedule = self.learning_rate(
+            self.schedule = self.learning_rate(
                 steps_per_epoch=self.steps, total_steps=self.steps * self.epochs, batch_size=self.batch_size
             )
-            optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=self.momentum, nesterov=self.nesterov)
+            optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=self.momentum, nesterov=self.nesterov)
             if self.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
             self.optimizer = optimizer
-        self.schedule = schedule
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy")
@@ -204,185 +231,77 @@ class Trainer:
             step_in_epoch=self.step_in_epoch,
             best_accuracy=self.best_accuracy,
         )
-        self._decayed = [v for v in self.model.trainable_variables if v.path.endswith("kernel")]
+        self.evaluator = Evaluator(
+            self.model, self.pipeline, num_classes=self.data.num_classes, from_logits=self.from_logits,
+            data_name=self.data.name, strategy=self.strategy, jit_compile=self.jit_compile,
+        )
         self._built = True
 
-    def _check_model(self) -> None:
-        outputs = self.model.output_shape[-1]
+    def make_model(self) -> keras.Model:
+        """Builds the configured model and checks it fits the data and preprocessing; sets
+        `from_logits` from its classifier activation."""
+        model = gin.get_configurable(self.model_fn)() if _is_configurable(self.model_fn) else self.model_fn()
+        outputs = model.output_shape[-1]
         if outputs != self.data.num_classes:
             raise ValueError(
                 f"The model has {outputs} outputs but the {self.data.name!r} data has "
                 f"{self.data.num_classes} classes; bind `ResNet.num_classes = {self.data.num_classes}`."
             )
-        expected = tuple(self.model.input_shape[1:])
+        expected = tuple(model.input_shape[1:])
         size = self.preprocessing.image_size
         if expected[2] != 3 or any(d not in (None, size) for d in expected[:2]):
             raise ValueError(
                 f"The model takes images of shape {expected} but preprocessing makes {size}x{size}x3 "
                 f"images; bind `ResNet.input_shape = ({size}, {size}, 3)` or `Preprocessing.image_size`."
             )
-        activation = getattr(self.model, "classifier_activation", None)
+        activation = getattr(model, "classifier_activation", None)
         if activation not in (None, "linear", "softmax"):
             raise ValueError(
                 f"Training needs logits or softmax outputs; the classifier activation is {activation!r}."
             )
         self.from_logits = activation != "softmax"
+        return model
 
-    # ------------------------------------------------------------------------------ steps
-
-    def _loss_terms(self, images, labels, training: bool):
-        logits = self.model(images, training=training)
-        logits = tf.cast(logits, tf.float32)
-        one_hot = tf.one_hot(labels, self.data.num_classes)
-        per_example = keras.losses.categorical_crossentropy(
-            one_hot, logits, from_logits=self.from_logits, label_smoothing=self.label_smoothing if training else 0.0
-        )
-        return logits, per_example
-
-    def _make_train_step(self):
-        strategy, optimizer = self.strategy, self.optimizer
-        variables = self.model.trainable_variables
-        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-        def replica_step(images, labels):
-            with tf.GradientTape() as tape:
-                logits, per_example = self._loss_terms(images, labels, training=True)
-                data_loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch_size)
-                loss = data_loss
-                if self.weight_decay:
-                    # l2_loss(v) = sum(v ** 2) / 2 in one kernel, without a squared copy of v.
-                    l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self._decayed])
-                    loss += tf.nn.scale_regularization_loss(self.weight_decay * l2)
-                if self.model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-                to_differentiate = optimizer.scale_loss(loss) if scaled else loss
-            grads = tape.gradient(to_differentiate, variables)
-            optimizer.apply(grads, variables)
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32))
-            return data_loss, correct
-
-        replica_step = tf.function(replica_step, jit_compile=self.jit_compile)
-
-        @tf.function
-        def train_step(batch):
-            loss, correct = strategy.run(replica_step, args=batch)
-            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                    strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
-
-        return train_step
-
-    def _make_eval_step(self):
-        strategy = self.strategy
-
-        def replica_step(images, labels):
-            logits, per_example = self._loss_terms(images, labels, training=False)
-            labels = tf.cast(labels, tf.int32)
-            top1 = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-            k = min(5, self.data.num_classes)
-            top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
-            count = tf.cast(tf.shape(labels)[0], tf.float32)
-            return tf.reduce_sum(per_example), top1, top5, count
-
-        replica_step = tf.function(replica_step, jit_compile=self.jit_compile)
-
-        @tf.function
-        def eval_step(batch):
-            results = strategy.run(replica_step, args=batch)
-            return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
-
-        return eval_step
-
-    # ------------------------------------------------------------------------- evaluation
-
-    def evaluate(self) -> dict[str, float]:
-        """Evaluates the current weights on the whole evaluation split.
-
-        Returns:
-            `{"top1", "top5", "loss", "examples"}`: accuracies in [0, 1], mean loss.
-        """
+    def make_train_step(self):
+        """The distributed train step of this trainer (see `resnet.training.steps.make_train_step`)."""
         self.build()
-        if not hasattr(self, "_eval_step"):
-            self._eval_step = self._make_eval_step()
-        totals = np.zeros(4)
-        dataset = self.strategy.experimental_distribute_dataset(self.pipeline.eval())
-        for batch in self._data_errors_named(dataset):
-            totals += [float(t) for t in self._eval_step(batch)]
-        loss_sum, top1, top5, count = totals
-        if count == 0:
-            raise ValueError(f"The evaluation split of {self.data.name!r} data is empty.")
-        return {"top1": top1 / count, "top5": top5 / count, "loss": loss_sum / count, "examples": int(count)}
-
-    def _data_errors_named(self, iterable):
-        """Iterates, turning TensorFlow data errors into ValueErrors that name the data source."""
-        iterator = iter(iterable)
-        while True:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-                raise ValueError(f"Reading {self.data.name!r} data failed: {error.message}") from error
-            yield item
-
-    # -------------------------------------------------------------------------- training
-
-    def _managers(self):
-        # Every worker of a multi-worker run must save (saving reads mirrored variables
-        # collectively); only the chief saves into model_dir, the others into a scratch directory.
-        root = self.model_dir if self.is_chief else Path(tempfile.mkdtemp(prefix="resnet-worker-"))
-        return (
-            tf.train.CheckpointManager(self.checkpoint, root / "backup", max_to_keep=1, checkpoint_name="backup"),
-            tf.train.CheckpointManager(self.checkpoint, root / "checkpoints", max_to_keep=self.keep_checkpoints, checkpoint_name="epoch"),
-            tf.train.CheckpointManager(self.checkpoint, root / "best", max_to_keep=1, checkpoint_name="best"),
+        return make_train_step(
+            self.model, self.optimizer, self.strategy, num_classes=self.data.num_classes,
+            global_batch_size=self.batch_size, from_logits=self.from_logits, weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing, jit_compile=self.jit_compile,
         )
 
-    def prepare_model_dir(self, argv: list[str] | None = None) -> None:
-        """Creates `model_dir` (failing clearly if it cannot be written) and logs the command.
-
-        Call after `build()`: in a multi-worker run only the chief writes.
-        """
-        self.build()
-        if not self.is_chief:
-            return
-        try:
-            self.model_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.model_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise ValueError(f"`--model_dir` {str(self.model_dir)!r} cannot be written: {error.strerror}.") from error
-        if argv is not None:
-            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(argv)}\n"
-            with open(self.model_dir / "command.txt", "a") as f:
-                f.write(line)
+    # ---------------------------------------------------------------------------- restoring
 
     def restore(self, which: str = "backup") -> str | None:
-        """Restores the newest checkpoint of `which` ("backup", "checkpoints", "best") or a path.
+        """Restores the whole training state from the newest checkpoint of `which` ("backup",
+        "checkpoints", "best") or from a checkpoint path.
 
         Returns:
             The checkpoint path restored, or None if there was none.
         """
         self.build()
-        if which in ("backup", "checkpoints", "best"):
-            path = tf.train.latest_checkpoint(self.model_dir / which)
-            if path is None:
-                return None
-        else:
-            path = which
-            if not tf.io.gfile.exists(path + ".index"):
-                raise ValueError(f"No checkpoint at {path!r} (expected {path}.index).")
-        status = self.checkpoint.restore(path)
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as error:
-            raise ValueError(
-                f"Checkpoint {path} does not fit the model built from the gin config: {error}"
-            ) from error
-        status.expect_partial()
+        path = self.run_dir.checkpoint_path(which)
+        if path is not None:
+            restore_checkpoint(self.checkpoint, path)
         return path
 
-    def train(self) -> dict[str, float]:
-        """Trains until `epochs` are done, resuming from `model_dir/backup` if it exists.
+    def evaluate(self) -> dict[str, float]:
+        """Evaluates the current weights on the whole evaluation split (see `Evaluator`)."""
+        self.build()
+        return self.evaluator.evaluate()
+
+    # ----------------------------------------------------------------------------- training
+
+    def train(self, command: Sequence[str] | None = None) -> dict[str, float]:
+        """Trains until `epochs` are done, resuming from `model_dir`'s backup if it has one.
+
+        Before anything is written, a directory that records another run's configuration is
+        refused (`RunDirectory.check_same_run`), and the directory is locked against a second
+        run. In a multi-worker run only the chief writes `model_dir`.
+
+        Args:
+            command: The command line to record in `command.txt`; None records nothing.
 
         Returns:
             The last epoch's metrics.
@@ -390,68 +309,119 @@ class Trainer:
         Raises:
             TrainingDiverged: The loss became NaN or infinite; the message names the step and
                 the last good checkpoint, which is left in place.
+            ValueError: The directory holds another run, is in use, or workers disagree on it.
         """
         self.build()
-        backup, epochs_manager, best_manager = self._managers()
+        run = self.run_dir
+        operative = gin.operative_config_str()
+        with distribution.reraise_as_cluster_error(self.strategy):
+            if self.is_chief:
+                run.create()  # adds nothing to an existing directory; fails clearly if unwritable
+            run.check_same_run(operative)
+            if not self.is_chief:
+                try:
+                    return self._train_resumed(run.worker_scratch(distribution.task_name(self.strategy)))
+                finally:
+                    run.cleanup_scratch()
+            with run.lock():
+                if command is not None:
+                    run.append_command(command)
+                run.write_operative_config(operative)
+                return self._train_resumed(run.path)
+
+    def _train_resumed(self, root: str) -> dict[str, float]:
+        """Restores the backup of `model_dir` if any and trains, checkpointing into `root`."""
+        run = self.run_dir
         resumed = self.restore("backup")
         start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
+        position = start_epoch * self.steps + skip
+        low, high = distribution.agree(self.strategy, position)
+        if low != high:
+            raise ValueError(
+                f"The workers restored different points of the run (global steps {low} and {high}): each "
+                f"sees another `--model_dir` {self.model_dir!r}. It must be storage every worker sees (a "
+                "shared file system, or a URI such as gs://...)."
+            )
         if resumed:
             print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}.", flush=True)
         elif self.initial_weights is not None:
             print(self.initial_weights.load_into(self.model), flush=True)
         if start_epoch >= self.epochs:
             print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
-        metrics_log = MetricsLog(self.model_dir / "metrics.csv", METRICS_COLUMNS)
-        writer = tf.summary.create_file_writer(str(self.model_dir / "tensorboard")) if self.is_chief else None
-        train_step = self._make_train_step()
-        self._eval_step = self._make_eval_step()
-        row: dict[str, float] = {}
-        for epoch in range(start_epoch, self.epochs):
-            started = time.time()
-            bar = self._progress_bar(epoch)
-            loss_sum, correct, steps_done = 0.0, 0.0, 0
-            dataset = self.strategy.experimental_distribute_dataset(
-                self.pipeline.train(epoch, skip_steps=skip, steps=self.steps_per_epoch)
+        managers = {
+            kind: tf.train.CheckpointManager(
+                self.checkpoint, os.path.join(root, kind) if root != run.path else run.checkpoint_dir(kind),
+                max_to_keep=self.keep_checkpoints if kind == "checkpoints" else 1,
+                checkpoint_name={"checkpoints": "epoch"}.get(kind, kind),
             )
-            for step, batch in enumerate(self._data_errors_named(dataset), start=skip):
-                loss, hits = (float(t) for t in train_step(batch))
-                global_step = epoch * self.steps + step + 1
-                if not math.isfinite(loss):
-                    last = tf.train.latest_checkpoint(self.model_dir / "backup")
-                    raise TrainingDiverged(
-                        f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, step "
-                        f"{step + 1}); stopping. The last good checkpoint is {last or 'none (nothing saved yet)'}."
-                    )
-                loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
-                if bar is not None:
-                    bar.update(step + 1, [("loss", loss), ("accuracy", hits / self.batch_size)])
-                self.step_in_epoch.assign(step + 1)
-                if self.backup_every_steps and (step + 1) % self.backup_every_steps == 0 and step + 1 < self.steps:
-                    backup.save(checkpoint_number=global_step)
-            if steps_done == 0 and skip < self.steps:
-                raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
-            results = self.evaluate()
-            row = {
-                "epoch": epoch + 1,
-                "step": (epoch + 1) * self.steps,
-                "loss": loss_sum / max(steps_done, 1),
-                "accuracy": correct / max(steps_done * self.batch_size, 1),
-                "val_loss": results["loss"],
-                "val_accuracy": results["top1"],
-                "val_top5": results["top5"],
-                "learning_rate": float(self.schedule(self.optimizer.iterations)),
-                "seconds": round(time.time() - started, 2),
-            }
-            self._end_epoch(epoch, row, metrics_log, writer, backup, epochs_manager, best_manager, bar)
-            skip = 0
+            for kind in CHECKPOINT_KINDS
+        }
+        writer = tf.summary.create_file_writer(run.join("tensorboard")) if self.is_chief else None
+        train_step = self.make_train_step()
+        row: dict[str, float] = {}
+        try:
+            with distribution.StopSignal(self.strategy) as stop:
+                for epoch in range(start_epoch, self.epochs):
+                    row = self._train_epoch(epoch, skip, train_step, managers, writer, stop)
+                    skip = 0
+        finally:
+            if writer is not None:
+                writer.close()
         return row
 
-    def _end_epoch(self, epoch, row, metrics_log, writer, backup, epochs_manager, best_manager, bar) -> None:
+    def _train_epoch(self, epoch: int, skip: int, train_step, managers, writer, stop) -> dict[str, float]:
+        started = time.time()
+        bar = self._progress_bar(epoch)
+        loss_sum, correct, steps_done = 0.0, 0.0, 0
+        dataset = self.strategy.experimental_distribute_dataset(
+            self.pipeline.train(epoch, skip_steps=skip, steps=self.steps_per_epoch)
+        )
+        for step, batch in enumerate(data_errors_named(dataset, self.data.name), start=skip):
+            loss, hits = (float(t) for t in train_step(batch))
+            global_step = epoch * self.steps + step + 1
+            if not math.isfinite(loss):
+                last = self.run_dir.checkpoint_path("backup")
+                raise TrainingDiverged(
+                    f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, step "
+                    f"{step + 1}); stopping. The last good checkpoint is {last or 'none (nothing saved yet)'}."
+                )
+            loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
+            if bar is not None:
+                bar.update(step + 1, [("loss", loss), ("accuracy", hits / self.batch_size)])
+            self.step_in_epoch.assign(step + 1)
+            self.run_dir.heartbeat()
+            if stop.agreed():
+                managers["backup"].save(checkpoint_number=global_step)
+                raise TrainingStopped(
+                    f"Stopped by a stop signal at step {global_step} (epoch {epoch + 1}, step {step + 1}) after "
+                    f"saving a backup in {self.model_dir}; run the same command again to resume."
+                )
+            if self.backup_every_steps and (step + 1) % self.backup_every_steps == 0 and step + 1 < self.steps:
+                managers["backup"].save(checkpoint_number=global_step)
+        if steps_done == 0 and skip < self.steps:
+            raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
+        results = self.evaluator.evaluate()
+        row = {
+            "epoch": epoch + 1,
+            "step": (epoch + 1) * self.steps,
+            "loss": loss_sum / max(steps_done, 1),
+            "accuracy": correct / max(steps_done * self.batch_size, 1),
+            "val_loss": results["loss"],
+            "val_accuracy": results["top1"],
+            "val_top5": results["top5"],
+            "learning_rate": float(self.schedule(self.optimizer.iterations)),
+            "seconds": round(time.time() - started, 2),
+        }
+        self._end_epoch(epoch, row, managers, writer)
+        return row
+
+    def _end_epoch(self, epoch: int, row: dict, managers, writer) -> None:
         step = row["step"]
         summary = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
         print(f"Epoch {epoch + 1}/{self.epochs}  {summary}  lr {row['learning_rate']:.4g}  ({row['seconds']:.0f}s)", flush=True)
         if self.is_chief:
-            metrics_log.write({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            # Nine significant digits hold a float32 exactly: the figures are those evaluated.
+            self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
             with writer.as_default(step=step):
                 for key, value in row.items():
                     if key not in ("epoch", "step"):
@@ -459,14 +429,14 @@ class Trainer:
             writer.flush()
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
-        epochs_manager.save(checkpoint_number=epoch + 1)
+        managers["checkpoints"].save(checkpoint_number=epoch + 1)
         if row["val_accuracy"] > float(self.best_accuracy.numpy()):
             self.best_accuracy.assign(row["val_accuracy"])
-            best_manager.save(checkpoint_number=epoch + 1)
+            managers["best"].save(checkpoint_number=epoch + 1)
             if self.is_chief:
-                atomic_write_json(self.model_dir / "best" / "best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
+                self.run_dir.write_json("best/best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
         # Last: the backup marks the epoch as finished, so a rerun never redoes it.
-        backup.save(checkpoint_number=step)
+        managers["backup"].save(checkpoint_number=step)
 
     def _progress_bar(self, epoch: int):
         use_bar = self.progress == "bar" or (self.progress == "auto" and sys.stdout.isatty())
@@ -475,24 +445,18 @@ class Trainer:
         print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
         return keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy"])
 
-    def write_operative_config(self) -> None:
-        """Writes the bindings this run used; call after `build()` (gin lists what was called)."""
-        if self.is_chief:
-            atomic_write_text(self.model_dir / "operative_config.gin", gin.operative_config_str())
+    # --------------------------------------------------------------------------- evaluation
 
-
-def variables_by_path(model: keras.Model) -> dict[str, tf.Variable]:
-    """The model's variables (weights, norm statistics, RNG state) keyed by their unique paths.
-
-    Checkpoints hold this mapping rather than the model object: Keras 3 keeps layers that live
-    in Python lists (a block's convs, a stage's blocks) out of TensorFlow's object graph, so
-    `tf.train.Checkpoint(model=model)` would silently skip them. Paths such as
-    `stage2/block1/conv1/kernel` are stable and readable with `tf.train.list_variables`.
-    """
-    variables = {v.path: v for v in model.variables}
-    if len(variables) != len(model.variables):
-        raise ValueError(f"Model {model.name!r} has variables with duplicate paths; name its layers uniquely.")
-    return variables
+    def build_evaluator(self) -> tuple[keras.Model, Evaluator]:
+        """The model and an `Evaluator` of it on one device, without optimizer or training input:
+        what `resnet-eval` and `resnet-export` need, whatever strategy the run trained with."""
+        keras.config.set_dtype_policy(self.precision)
+        model = self.make_model()
+        pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
+        evaluator = Evaluator(
+            model, pipeline, num_classes=self.data.num_classes, from_logits=self.from_logits, data_name=self.data.name
+        )
+        return model, evaluator
 
 
 def _is_configurable(fn) -> bool:

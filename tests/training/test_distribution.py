@@ -1,10 +1,20 @@
-"""Distribution: synchronized batch norm over two replicas, and two real workers on one machine."""
+"""Distribution: replicas that agree, two real workers on one machine, clean failure, sure resumes."""
 
+import csv
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+ENV.pop("TF_CONFIG", None)
 
 SCRIPT = r"""
 import json
@@ -12,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 from resnet.training import distribution
 
-distribution.split_cpu(2)
-strategy = distribution.make_strategy("mirrored")
+strategy = distribution.setup("mirrored", logical_cpus=2)
 import resnet
 
 x = np.random.default_rng(0).normal(2.0, 3.0, (8, 4, 4, 6)).astype("float32")
@@ -54,32 +63,245 @@ def test_sync_batch_norm_matches_single_device_statistics():
     assert report["local_output_error"] > 1e-2
 
 
-def test_multi_worker_training_over_two_local_processes(tmp_path):
-    import socket
+STATISTICS_SCRIPT = r"""
+import json
+import numpy as np
+import tensorflow as tf
+from resnet.training import distribution
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("localhost", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+strategy = distribution.setup("mirrored", logical_cpus=2)
+import keras
+import resnet
+from resnet.training.steps import make_train_step, replica_local_state
+
+with strategy.scope():
+    model = resnet.build("cifar/resnet20", ["ResNet.stage_blocks = (1, 1, 1)"])
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(model.trainable_variables)
+step = make_train_step(model, optimizer, strategy, num_classes=10, global_batch_size=16)
+rng = np.random.default_rng(0)
+# The two halves of every batch differ in brightness: their batch statistics differ.
+scale = np.where((np.arange(64) // 8) % 2 == 0, 1.0, 3.0).astype("float32")
+images = rng.normal(size=(64, 32, 32, 3)).astype("float32") * scale[:, None, None, None]
+dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(64) % 10)).batch(16)
+for batch in strategy.experimental_distribute_dataset(dataset):
+    step(batch)
+state = replica_local_state(model)
+copies = [strategy.experimental_local_results(v.value) for v in state]
+print(json.dumps({
+    "variables": len(state),
+    "moved": float(max(np.abs(c[0].numpy() - (0.0 if "mean" in v.path else 1.0)).max() for v, c in zip(state, copies))),
+    "replica_difference": float(max(np.abs(c[0].numpy() - c[1].numpy()).max() for c in copies)),
+}))
+"""
+
+
+def test_replicas_hold_the_same_normalization_statistics_after_every_step():
+    result = subprocess.run([sys.executable, "-c", STATISTICS_SCRIPT], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["variables"] == 14  # the moving mean and variance of 7 batch norms
+    assert report["moved"] > 1e-2
+    assert report["replica_difference"] == 0.0
+
+
+def metrics(model_dir):
+    with open(Path(model_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def evaluate(model_dir, checkpoint="backup"):
+    """resnet-eval of a run, on one device, with no TF_CONFIG."""
+    command = [str(BIN / "resnet-eval"), f"--model_dir={model_dir}", f"--checkpoint={checkpoint}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_checkpoint_evaluates_to_its_metrics(model_dir):
+    last = metrics(model_dir)[-1]
+    results = evaluate(model_dir)
+    # Within 1e-6, relative where the loss is large (float32 resolves 3e-5 at 264).
+    assert results["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-6, abs=1e-6)
+    assert results["top1"] == pytest.approx(float(last["val_accuracy"]), abs=1e-9)
+
+
+FAST = [
+    "Trainer.epochs = 2", "Trainer.steps_per_epoch = 4", "Trainer.batch_size = 16",
+    "Trainer.backup_every_steps = 2", "InputPipeline.eval_batch_size = 120",
+]
+
+
+def test_mirrored_training_with_batch_norm_evaluates_to_what_it_recorded(tmp_path):
+    model_dir = tmp_path / "mirrored"
+    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}",
+               *(f"--gin_param={p}" for p in FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2"])]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 replicas" in result.stdout
+    assert_checkpoint_evaluates_to_its_metrics(model_dir)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Cluster:
+    """Workers of one multi-worker run on 127.0.0.1, each a `resnet-train` process; every
+    process started is ended by its PID."""
+
+    def __init__(self, tmp_path, workers=2):
+        self.addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
+        self.scratch = tmp_path / "tmp"
+        self.scratch.mkdir(exist_ok=True)
+        self.processes = {}
+
+    def start(self, index, model_dir, params):
+        env = dict(ENV, TMPDIR=str(self.scratch), TF_CONFIG=json.dumps(
+            {"cluster": {"worker": self.addresses}, "task": {"type": "worker", "index": index}}))
+        command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
+        self.processes[index] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return self.processes[index]
+
+    def start_all(self, model_dirs, params):
+        return [self.start(i, d, params) for i, d in enumerate(model_dirs)]
+
+    def finish(self, indices=None, timeout=300):
+        """Waits for the workers; returns {index: (returncode, stdout, stderr, seconds)}."""
+        results, started = {}, time.time()
+        for index in indices if indices is not None else list(self.processes):
+            process = self.processes.pop(index)
+            out, err = process.communicate(timeout=max(1, timeout - (time.time() - started)))
+            results[index] = (process.returncode, out, err, time.time() - started)
+        return results
+
+    def kill_all(self):
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        self.processes.clear()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = Cluster(tmp_path)
+    yield cluster
+    cluster.kill_all()
+
+
+def latest_backup(model_dir):
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(Path(model_dir) / "backup"))
+
+
+def wait_for_backup(model_dir, processes, minimum_step=1, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        latest = latest_backup(model_dir)
+        if latest and int(latest.rsplit("-", 1)[1]) >= minimum_step:
+            return int(latest.rsplit("-", 1)[1])
+        for process in processes:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"a worker ended before a backup appeared:\n{out}\n{err}")
+        time.sleep(0.1)
+    pytest.fail("no backup appeared")
+
+
+@pytest.mark.slow
+def test_two_workers_agree_evaluate_to_their_metrics_and_leave_nothing_behind(tmp_path, cluster):
     model_dir = tmp_path / "run"
-    args = [
-        str(Path(sys.executable).parent / "resnet-train"), f"--model_dir={model_dir}",
-        "--gin_param=Trainer.epochs = 2", "--gin_param=Trainer.steps_per_epoch = 3",
-        "--gin_param=Trainer.batch_size = 16", "--gin_param=Trainer.strategy = 'multi_worker_mirrored'",
-    ]
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [w.communicate(timeout=300) for w in workers]
-    for worker, (out, err) in zip(workers, outputs):
-        assert worker.returncode == 0, err
+    cluster.start_all([model_dir, model_dir], FAST + ["Trainer.strategy = 'multi_worker_mirrored'"])
+    results = cluster.finish()
+    for code, out, err, _ in results.values():
+        assert code == 0, err
         assert "2 replicas, 8 images per replica per step" in out
     # Synchronous training: both workers see the same losses; only the chief writes the run.
-    epoch_lines = [[l for l in out.splitlines() if l.startswith("Epoch 2/2")][0].split("(")[0] for out, _ in outputs]
+    epoch_lines = [[l for l in out.splitlines() if l.startswith("Epoch 2/2")][0].split("(")[0]
+                   for _, out, _, _ in results.values()]
     assert epoch_lines[0] == epoch_lines[1]
     assert (model_dir / "command.txt").read_text().count("resnet-train") == 1
-    assert [line.split(",")[0] for line in (model_dir / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
+    # Replica-consistent statistics: one device evaluates the checkpoint to what was recorded,
+    # without TF_CONFIG.
+    assert_checkpoint_evaluates_to_its_metrics(model_dir)
+    assert not list(cluster.scratch.glob("resnet-worker-*"))
+
+
+@pytest.mark.slow
+def test_workers_that_do_not_share_model_dir_are_stopped_before_training(tmp_path, cluster):
+    chief_dir, worker_dir = tmp_path / "chief", tmp_path / "worker"
+    params = FAST + ["Trainer.strategy = 'multi_worker_mirrored'"]
+    cluster.start_all([chief_dir, worker_dir], [p for p in params if "epochs" not in p] + ["Trainer.epochs = 1"])
+    assert all(code == 0 for code, *_ in cluster.finish().values())
+    cluster.start_all([chief_dir, worker_dir], params)
+    results = cluster.finish()
+    for code, out, err, _ in results.values():
+        assert code != 0
+        assert "restored different points" in err and "shared" in err, err
+        assert "Traceback" not in err
+        assert "Epoch 2/2" not in out
+    assert [r["epoch"] for r in metrics(chief_dir)] == ["1"]
+
+
+@pytest.mark.slow
+def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, cluster):
+    from resnet.training.distribution import CLUSTER_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE
+
+    model_dir = tmp_path / "run"
+    dirs = [model_dir, model_dir]
+    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 32",
+              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360",
+              "Trainer.strategy = 'multi_worker_mirrored'", "Trainer.cluster_timeout = 20"]
+    # SIGTERM (a preemption notice) to one worker: both save a backup at the same step and exit.
+    workers = cluster.start_all(dirs, params)
+    wait_for_backup(model_dir, workers, minimum_step=3)
+    workers[1].send_signal(signal.SIGTERM)
+    stopped = cluster.finish(timeout=120)
+    stop_lines = []
+    for code, _, err, _ in stopped.values():
+        assert code == PREEMPTED_EXIT_CODE, err
+        stop_lines.append(next(l for l in err.splitlines() if "Stopped by a stop signal at step" in l))
+    step = int(stop_lines[0].split("at step ")[1].split()[0])
+    assert stop_lines[0] == stop_lines[1]
+    assert latest_backup(model_dir).endswith(f"backup-{step}")
+    assert not (model_dir / "run.lock").exists()
+
+    # All restarted: they resume there. Then one is killed in epoch 2: the other ends within
+    # 60 s, clearly.
+    workers = cluster.start_all(dirs, params)
+    wait_for_backup(model_dir, workers, minimum_step=max(step + 1, 13))
+    workers[1].kill()
+    code, out, err, seconds = cluster.finish([0], timeout=120)[0]
+    assert f"Resuming from {model_dir / 'backup' / f'backup-{step}'}:" in out
+    assert code == CLUSTER_ERROR_EXIT_CODE and seconds < 60, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("resnet-train: error:") and "worker 1" in last and "restart" in last.lower(), err
+    assert "Traceback" not in err
+    cluster.finish([1])
+    done = [r["epoch"] for r in metrics(model_dir)]
+
+    # The killed worker restarted alone waits for its peer, then gives up.
+    cluster.start(1, model_dir, params)
+    code, out, err, seconds = cluster.finish([1], timeout=180)[1]
+    assert code == CLUSTER_ERROR_EXIT_CODE, err
+    assert "waiting" in out and "worker 0" in err and "Trainer.cluster_timeout" in err, (out, err)
+
+    # Every worker restarted: the run finishes, no finished epoch is redone.
+    cluster.start_all(dirs, params)
+    results = cluster.finish(timeout=300)
+    for code, out, err, _ in results.values():
+        assert code == 0, err
+        for epoch in done:
+            assert f"Epoch {epoch}/3" not in out
+    assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2", "3"]
+

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from resnet import config
+from resnet.training.steps import classification_loss, decayed_kernels
 from resnet.training.trainer import Trainer, variables_by_path
 
 TINY = [
@@ -37,7 +38,7 @@ def one_step_change(tmp_path, weight_decay):
     trainer = make_trainer(tmp_path, f"Trainer.weight_decay = {weight_decay}")
     keras.utils.set_random_seed(1)
     before = {path: v.numpy().copy() for path, v in variables_by_path(trainer.model).items()}
-    trainer._make_train_step()(batch())
+    trainer.make_train_step()(batch())
     after = {path: v.numpy() for path, v in variables_by_path(trainer.model).items()}
     return before, after
 
@@ -64,7 +65,7 @@ def test_weight_decay_adds_its_gradient_to_kernels_only(tmp_path):
 
 def test_decayed_variables_are_conv_and_dense_kernels(tmp_path):
     trainer = make_trainer(tmp_path)
-    names = {v.path for v in trainer._decayed}
+    names = {v.path for v in decayed_kernels(trainer.model)}
     assert "classifier/kernel" in names and "stem/conv1/kernel" in names
     assert not any(n.endswith(("gamma", "beta", "bias")) for n in names)
     convs = [l for l in trainer.model._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
@@ -76,7 +77,7 @@ def test_mixed_precision_training_steps(tmp_path, precision):
     trainer = make_trainer(tmp_path, f"Trainer.precision = {precision!r}")
     assert trainer.model.get_layer("stem").convs[0].compute_dtype == precision.split("_")[1]
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
-    step = trainer._make_train_step()
+    step = trainer.make_train_step()
     losses = [float(step(batch(i))[0]) for i in range(3)]
     assert all(np.isfinite(losses))
 
@@ -84,22 +85,23 @@ def test_mixed_precision_training_steps(tmp_path, precision):
 def test_xla_compiled_step_matches_the_plain_step(tmp_path):
     plain = make_trainer(tmp_path / "plain")
     weights = plain.model.get_weights()
-    plain_loss = float(plain._make_train_step()(batch())[0])
+    plain_loss = float(plain.make_train_step()(batch())[0])
     gin.clear_config()
     keras.backend.clear_session()
     xla = make_trainer(tmp_path / "xla", "Trainer.jit_compile = True")
     xla.model.set_weights(weights)
-    assert float(xla._make_train_step()(batch())[0]) == pytest.approx(plain_loss, rel=1e-4)
+    assert float(xla.make_train_step()(batch())[0]) == pytest.approx(plain_loss, rel=1e-4)
 
 
 def test_label_smoothing_in_training_only(tmp_path):
     trainer = make_trainer(tmp_path, "Trainer.label_smoothing = 0.1")
     images, labels = batch()
-    logits, loss = trainer._loss_terms(images, labels, training=True)
+    options = dict(num_classes=10, label_smoothing=trainer.label_smoothing)
+    logits, loss = classification_loss(trainer.model, images, labels, training=True, **options)
     log_p = tf.nn.log_softmax(logits).numpy()
     target = 0.9 * np.eye(10)[labels.numpy()] + 0.1 / 10
     np.testing.assert_allclose(loss.numpy(), -(target * log_p).sum(-1), rtol=1e-5)
-    logits, loss = trainer._loss_terms(images, labels, training=False)
+    logits, loss = classification_loss(trainer.model, images, labels, training=False, **options)
     log_p = tf.nn.log_softmax(logits).numpy()
     np.testing.assert_allclose(loss.numpy(), -log_p[np.arange(8), labels.numpy()], rtol=1e-5)
 
