@@ -4,8 +4,9 @@
     python benchmarks/determinism.py --config=resnet50 --batch_size=32 --image_size=224
 
 Op determinism is a process-wide TensorFlow setting, so each measurement is a fresh process
-(`--probe`) that builds the `Trainer` of the demo recipe with the model of `--config`, runs
-warm-up steps of its training step, then times `--steps` steps on one batch held in memory.
+(`--probe`) that builds a `Trainer` (SGD with momentum and weight decay, float32) of the model
+of `--config`, runs warm-up steps of its training step, then times `--steps` steps on one
+batch held in memory.
 The two settings alternate, `--repeats` processes each; the report gives the median images/s
 of each, the spread, and their ratio, with the machine it ran on.
 """
@@ -35,20 +36,23 @@ FLAGS = flags.FLAGS
 
 def probe(deterministic: bool) -> float:
     """Images/s of the training step in this process, with op determinism on or off."""
-    import gin
-
     from resnet import config
+    from resnet.data.preprocessing import Preprocessing
     from resnet.data.sources import SyntheticData
+    from resnet.model import ResNet
     from resnet.training.trainer import Trainer
 
     size = FLAGS.image_size
-    config.parse(["experiments/demo", FLAGS.config], [
-        f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 10",
-        f"Preprocessing.image_size = {size}", f"Trainer.batch_size = {FLAGS.batch_size}",
-        "Trainer.steps_per_epoch = 1", f"Trainer.deterministic = {deterministic}",
-    ])
-    data = SyntheticData(train_examples=FLAGS.batch_size, eval_examples=FLAGS.batch_size, image_size=size, num_classes=10)
-    trainer = gin.get_configurable(Trainer)(model_dir="/nonexistent-benchmark-run", data=data)  # never written
+    config.parse([FLAGS.config], [f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 10"])
+    trainer = Trainer(
+        "/nonexistent-benchmark-run",  # never written: only the step is used
+        data=SyntheticData(train_examples=FLAGS.batch_size, eval_examples=FLAGS.batch_size, image_size=size, num_classes=10),
+        preprocessing=Preprocessing("none", image_size=size),
+        model=ResNet,
+        batch_size=FLAGS.batch_size,
+        steps_per_epoch=1,
+        deterministic=deterministic,
+    )
     trainer.build()
     step = trainer.make_train_step()
     batch = next(iter(trainer.pipeline.train(0, steps=1)))

@@ -30,7 +30,7 @@ from resnet.interop import PretrainedWeights, freeze
 from resnet.model import ResNet
 from resnet.training import distribution
 from resnet.training.evaluator import Evaluator, data_errors_named, restore_checkpoint, variables_by_path
-from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory
+from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory, join
 from resnet.training.schedules import learning_rate_schedule
 from resnet.training.steps import make_train_step
 from resnet.validation import check_choice, check_int, check_rate
@@ -330,7 +330,8 @@ class Trainer:
                 return self._train_resumed(run.path)
 
     def _train_resumed(self, root: str) -> dict[str, float]:
-        """Restores the backup of `model_dir` if any and trains, checkpointing into `root`."""
+        """Restores the backup of `model_dir` if any and trains, checkpointing into `root`
+        (`model_dir` for the chief, a scratch directory for the other workers)."""
         run = self.run_dir
         resumed = self.restore("backup")
         start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
@@ -350,7 +351,7 @@ class Trainer:
             print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
         managers = {
             kind: tf.train.CheckpointManager(
-                self.checkpoint, os.path.join(root, kind) if root != run.path else run.checkpoint_dir(kind),
+                self.checkpoint, join(root, kind),
                 max_to_keep=self.keep_checkpoints if kind == "checkpoints" else 1,
                 checkpoint_name={"checkpoints": "epoch"}.get(kind, kind),
             )
