@@ -59,14 +59,17 @@ class Preprocessing:
       half the images horizontally. Eval only normalizes (after resizing to `image_size` if the
       image is another size).
     * "imagenet": train takes a random crop covering 8%..100% of the image with aspect ratio in
-      [3/4, 4/3] (`tf.image.sample_distorted_bounding_box`; the whole image if no such crop is
-      found in 10 tries), resizes it to `image_size` and, if `flip`, flips half the images. Eval
-      resizes the shorter side to `round(image_size / crop_fraction)` (256 for 224, the longer
-      side in proportion, rounded down as torchvision does) and takes the central
+      [3/4, 4/3] (`tf.image.stateless_sample_distorted_bounding_box`; the whole image if no such
+      crop is found in 10 tries), resizes it to `image_size` and, if `flip`, flips half the
+      images. Eval resizes the shorter side to `round(image_size / crop_fraction)` (256 for 224,
+      the longer side in proportion, rounded down as torchvision does) and takes the central
       `image_size` crop (offsets rounded down).
     * "none": train and eval both resize to `image_size` x `image_size` (if needed) and normalize.
 
-    Every output is float32 `(x - mean) / std` with `x` in 0..255.
+    Every output is float32 `(x - mean) / std` with `x` in 0..255. Training draws its random
+    numbers with stateless ops from a seed, `train(image, seed)`, so an augmentation can be
+    reproduced exactly (`InputPipeline` derives the seed from its own seed, the epoch and the
+    image's position in the epoch).
 
     Args:
         recipe: One of "cifar", "imagenet", "none".
@@ -85,6 +88,10 @@ class Preprocessing:
     (TensorShape([224, 224, 3]), TensorShape([224, 224, 3]))
     >>> prep.serve(tf.zeros([4, 300, 300, 3], tf.uint8)).shape
     TensorShape([4, 224, 224, 3])
+    >>> image = tf.random.uniform([375, 500, 3], maxval=256, dtype=tf.int32)
+    >>> image = tf.cast(image, tf.uint8)
+    >>> bool(tf.reduce_all(prep.train(image, seed=[7, 0]) == prep.train(image, seed=[7, 0])))
+    True
     """
 
     def __init__(
@@ -109,19 +116,29 @@ class Preprocessing:
             raise ValueError(f"`crop_fraction` must be a number in (0, 1]; received {crop_fraction!r}.")
         self.crop_fraction = float(crop_fraction)
 
-    def train(self, image: tf.Tensor) -> tf.Tensor:
-        """Randomly augments one uint8 image [H, W, 3] into float32 [image_size, image_size, 3]."""
+    def train(self, image: tf.Tensor, seed: tf.Tensor | Sequence[int] | None = None) -> tf.Tensor:
+        """Randomly augments one uint8 image [H, W, 3] into float32 [image_size, image_size, 3].
+
+        Args:
+            image: The image, uint8 [H, W, 3].
+            seed: The seed of the augmentation, int32 or int64 of shape [2] (a seed of
+                TensorFlow's stateless random ops): the output depends on `image` and `seed`
+                only, the same on every call, run and machine, however parallel the `tf.data`
+                map it runs in. None draws a fresh seed from TensorFlow's global random state
+                (seeded by `tf.random.set_seed`), so each call augments differently.
+        """
         image = self._check(image, rank=3, method="train")
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(self._check_seed(seed), 2))
         if self.recipe == "cifar":
             padding = [[self.pad, self.pad], [self.pad, self.pad], [0, 0]]
             padded = tf.pad(self._resize_if_needed(image), padding)
-            image = tf.image.random_crop(padded, [self.image_size, self.image_size, 3])
+            image = tf.image.stateless_random_crop(padded, [self.image_size, self.image_size, 3], seed=crop_seed)
         elif self.recipe == "imagenet":
-            image = self._random_resized_crop(image)
+            image = self._random_resized_crop(image, crop_seed)
         else:
             image = self._resize_if_needed(image)
         if self.flip and self.recipe != "none":
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return self._normalize(image)
 
     def eval(self, image: tf.Tensor) -> tf.Tensor:
@@ -145,6 +162,18 @@ class Preprocessing:
                 f"of shape {images.shape}."
             )
         return images
+
+    @staticmethod
+    def _check_seed(seed: tf.Tensor | Sequence[int] | None) -> tf.Tensor:
+        if seed is None:
+            return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+        try:
+            tensor = tf.convert_to_tensor(seed)
+        except (TypeError, ValueError):
+            tensor = None
+        if tensor is None or tensor.dtype not in (tf.int32, tf.int64) or not tensor.shape.is_compatible_with([2]):
+            raise ValueError(f"`seed` must be None or 2 integers (int32 or int64, shape [2]); received {seed!r}.")
+        return tf.cast(tensor, tf.int64)  # an int32 seed and the same numbers in int64 augment alike
 
     def _eval(self, images: tf.Tensor) -> tf.Tensor:
         """The eval recipe on one image [H, W, 3] or a batch [B, H, W, 3]."""
@@ -172,10 +201,11 @@ class Preprocessing:
             return images
         return tf.ensure_shape(_resize(images, size, size), images.shape[:-3] + [size, size, 3])
 
-    def _random_resized_crop(self, image: tf.Tensor) -> tf.Tensor:
-        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+    def _random_resized_crop(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(image),
             bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seed,
             min_object_covered=0.0,
             aspect_ratio_range=_CROP_ASPECT_RATIO,
             area_range=_CROP_AREA,

@@ -2,7 +2,13 @@
 
 Every source is a `DataSource`: `examples(split)` gives `(image, label)` pairs, image `uint8
 [H, W, 3]` (grayscale and RGBA are converted to RGB), label `int32` in `[0, num_classes)`, in a
-fixed order (the training pipeline shuffles). Sources are gin configurables:
+fixed order (the training pipeline shuffles). A split is read in two stages, so that a pipeline
+can reorder and skip what is cheap before it pays for decoding: `records(split)` gives the
+split's undecoded records in that fixed order (image paths, serialized TFRecord Examples, the
+indices of synthetic images; the examples themselves for arrays held in memory and for TFDS,
+which decodes as it reads), and `decode(records, split)` reads and decodes any reordering,
+subset or repetition of them, in the order given. `examples(split)` is the two in a row.
+Sources are gin configurables:
 
     Trainer.data = @CifarData()
     CifarData.data_dir = '/data/cifar-10-batches-py'
@@ -14,16 +20,21 @@ a `ValueError`, when the source is constructed.
 Corrupt files only show while the data is read. `ImageFolderData` and `TFRecordData` decode
 inside the `tf.data` graph, with no Python per image, and check what they read:
 
-* Records are numbered before decoding (per TFRecord shard; the image folder is one stream) and
-  decoded by one parallel `map` followed by `ignore_errors`, so a record that cannot be read,
-  parsed or decoded drops out instead of stopping the stream. A sequential `scan` after it sees
-  the gap in the numbering and names what fell out: the image path, or the shard and record
-  index. Each stream closes with an end marker, so a bad last record is seen too. TensorFlow
-  logs the error that caused the drop as a warning.
+* `decode` takes the records it is given in groups of 32, sends each group through as a header
+  naming its records (their stream, a TFRecord shard or the image folder, and their numbers in
+  it) followed by the records, each with its slot in the group, and decodes them with one
+  parallel `map` followed by `ignore_errors`: a record that cannot be read, parsed or decoded
+  drops out instead of stopping the stream, while the header, which cannot fail, gets through.
+  A sequential `scan` after it sees the slots that are missing and names what fell out: the
+  image path, or the shard and record index. A marker closes the records given, so a bad last
+  record is seen too. Only the records given to `decode` are read and checked: records that a
+  training pipeline skips to resume an epoch are never decoded, so never reported. TensorFlow
+  logs the error that caused a drop as a warning.
 * A TFRecord shard is also checked for truncation and corruption of its framing, which make
   `TFRecordDataset` stop with an error that does not name the file (or, for a cut inside a
-  record header, stop silently): the bytes of the records read must add up to the file's size,
-  else the shard is reported with the first record that could not be read.
+  record header, stop silently): while `records` reads a shard, the bytes of the records read
+  must add up to the file's size, else a marker record follows the shard's last readable
+  record, and `decode` reports the shard with the first record that could not be read.
 * By default a problem stops iteration with `tf.errors.InvalidArgumentError` whose message names
   the file ("assertion failed: [could not read or decode /data/train/cat/1.jpg ...]"). With
   `skip_corrupt=True` the record is dropped instead: the TF runtime prints a warning naming it
@@ -31,9 +42,8 @@ inside the `tf.data` graph, with no Python per image, and check what they read:
   records after the damage cannot be recovered).
 * Labels outside `[0, num_classes)` always stop iteration, whatever `skip_corrupt` says.
 
-The checks add a few dataset stages, all in TensorFlow's C++ runtime. Measured on 2 CPU cores,
-they cost about 0.15 ms of CPU per image, 15-20% of what reading and decoding a 78 KB 400x450
-JPEG costs without them (less of a whole training input pipeline, which also augments).
+The checks add a few dataset stages, all in TensorFlow's C++ runtime; benchmarks/RESULTS.md
+gives what they cost.
 """
 
 from __future__ import annotations
@@ -61,9 +71,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _TFRECORD_FRAMING_BYTES = 16
 # Shards read at once. Fixed (not AUTOTUNE), so the order of examples is the same on every machine.
 _INTERLEAVE_CYCLE = 16
-# Tags of the end marker that closes a stream of records (see `_CorruptPolicy.decode_in_order`).
+# Tags of marker records (see `_CorruptPolicy.decode_in_order`): the end of the records given to
+# `decode`, and the place of a TFRecord shard that could not be read to its end.
 _END_TAG = -1
 _DAMAGED_TAG = -2
+# Records announced by one header element in `_CorruptPolicy.decode_in_order`.
+_GROUP = 32
 _IMAGE_FEATURE = "image/encoded"
 _LABEL_FEATURE = "image/class/label"
 
@@ -81,6 +94,11 @@ def _check_split(split: Any) -> str:
 class DataSource(abc.ABC):
     """A labelled image dataset with a 'train' and an 'eval' split.
 
+    A split is read in two stages: `records(split)` gives its undecoded records in a fixed
+    order, cheap to shuffle, repeat and skip, and `decode(records, split)` reads and decodes
+    those it is given, in their order. `examples(split)` is both in a row. A subclass implements
+    `_records`, `_num_examples` and, if its records are not examples already, `_decode`.
+
     Attributes:
         name: Short name used in run-directory names, e.g. "digits", "cifar10".
         num_classes: Labels are integers in `[0, num_classes)`.
@@ -91,6 +109,9 @@ class DataSource(abc.ABC):
     >>> image, label = next(iter(source.examples("train")))
     >>> image.dtype, image.shape, label.dtype
     (tf.uint8, TensorShape([32, 32, 3]), tf.int32)
+    >>> tail = source.records("train").shuffle(64, seed=0).skip(1000)   # nothing decoded yet
+    >>> len(list(source.decode(tail, "train")))
+    437
     """
 
     name: str
@@ -98,27 +119,46 @@ class DataSource(abc.ABC):
 
     def examples(self, split: str) -> tf.data.Dataset:
         """Unbatched `(image uint8 [H, W, 3], label int32)` pairs of `split` ('train' or 'eval'), in a fixed order."""
-        return self._examples(_check_split(split))
+        return self.decode(self.records(split), split)
+
+    def records(self, split: str) -> tf.data.Dataset:
+        """The undecoded records of `split`, in the order of `examples(split)`.
+
+        What a record holds is the source's own business (a path, a serialized Example, an
+        index, or the example itself); a pipeline may shuffle, repeat, skip or take them, then
+        gives them to `decode`.
+        """
+        return self._records(_check_split(split))
+
+    def decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:
+        """`(image, label)` pairs of `records`, elements of `records(split)`, in the order given.
+
+        Only the records given are read and decoded (and checked, see the module docstring).
+        """
+        return self._decode(records, _check_split(split))
 
     def num_examples(self, split: str) -> int | None:
         """Number of examples in `split`, or None where it cannot be known without reading everything."""
         return self._num_examples(_check_split(split))
 
     @abc.abstractmethod
-    def _examples(self, split: str) -> tf.data.Dataset: ...
+    def _records(self, split: str) -> tf.data.Dataset: ...
+
+    def _decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:
+        return records  # records that are examples already
 
     @abc.abstractmethod
     def _num_examples(self, split: str) -> int | None: ...
 
 
 class _ArraySource(DataSource):
-    """A source whose splits are uint8 image and int label arrays held in memory."""
+    """A source whose splits are uint8 image and int label arrays held in memory; records are examples."""
 
     @abc.abstractmethod
     def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns images uint8 [N, H, W, 3] and labels int32 [N]."""
 
-    def _examples(self, split: str) -> tf.data.Dataset:
+    def _records(self, split: str) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(self._arrays(split))
 
     def _num_examples(self, split: str) -> int:
@@ -187,7 +227,7 @@ class SyntheticData(DataSource):
     """Random images and labels made inside the `tf.data` graph, for benchmarks.
 
     Element `i` of a split is drawn by stateless random ops keyed on (`seed`, split, `i`), so the
-    data is the same on every run and every machine, and costs no I/O.
+    data is the same on every run and every machine, and costs no I/O. Its record is `i`.
 
     Args:
         train_examples: Size of the 'train' split.
@@ -221,7 +261,10 @@ class SyntheticData(DataSource):
         self.num_classes = check_int("num_classes", num_classes)
         self.seed = check_int("seed", seed, minimum=0)
 
-    def _examples(self, split: str) -> tf.data.Dataset:
+    def _records(self, split: str) -> tf.data.Dataset:
+        return tf.data.Dataset.range(self._sizes[split])
+
+    def _decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:
         split_key = tf.constant([self.seed, SPLITS.index(split)], tf.int64)
         shape = [self.image_size, self.image_size, 3]
 
@@ -232,7 +275,7 @@ class SyntheticData(DataSource):
             label = tf.random.stateless_uniform([], label_key, maxval=self.num_classes, dtype=tf.int32)
             return tf.cast(image, tf.uint8), label
 
-        return tf.data.Dataset.range(self._sizes[split]).map(make, num_parallel_calls=tf.data.AUTOTUNE)
+        return records.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def _num_examples(self, split: str) -> int:
         return self._sizes[split]
@@ -414,79 +457,122 @@ class _CorruptPolicy:
         records: tf.data.Dataset,
         decode: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
         describe: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-        streams: int = 1,
         check_label: Callable[[tf.Tensor], tuple[tf.Tensor, Callable[[], tf.Tensor]]] | None = None,
     ) -> tf.data.Dataset:
-        """Decodes records in parallel, and reports those that fail, in order.
+        """Decodes records in parallel, keeping their order, and reports those that fail.
 
         Args:
-            records: `(stream, index, data, tag)` elements from `streams` interleaved streams
-                (files or shards): the stream's number, the record's number in its stream (0,
-                1, ...), its data (a path, or a serialized record) and a tag (a label, or 0).
-                Each stream closes with an end marker: index = the stream's record count and
-                tag `_END_TAG`, or `_DAMAGED_TAG` if the stream could not be read to its end.
+            records: `(stream, index, data, tag)` elements, in any order: the record's stream
+                (a file or shard) and number in it, its data (a path, or a serialized record)
+                and a tag (a label, or 0). A tag `_DAMAGED_TAG` marks a stream that could not
+                be read to its end, `index` being its first record lost.
             decode: `decode(data, tag) -> (image, label)`; may raise any TF error.
-            describe: `describe(stream, indices)` names records `indices` [K] of a stream, [K].
-            streams: Number of streams.
+            describe: `describe(streams, indices)` names the records of `streams` [K] and
+                `indices` [K], [K] strings.
             check_label: `check_label(label) -> (ok, message)`, `message()` explaining a bad
                 label; a bad label always fails, whatever the policy. None: no check.
 
         Returns:
             `(image, label)` of the records that decoded, in order.
         """
+        end = tf.data.Dataset.from_tensors(
+            (tf.constant(0, tf.int32), tf.constant(0, tf.int64), tf.constant(""), tf.constant(_END_TAG, tf.int32))
+        )
 
-        def decode_tagged(stream, index, data, tag):
-            end = tag < 0
+        def announce(streams, indices, data, tags):
+            """A group of records as a header (no data: it cannot fail) followed by the records.
 
-            def marker():
-                return tf.zeros([0, 0, 3], tf.uint8), tag
+            Every element carries the group's streams and indices, and its slot in the group
+            (-1 for the header).
+            """
+            size = tf.size(tags)
 
-            image, label = tf.cond(end, marker, lambda: decode(data, tag))
-            return stream, index, image, label, end
+            def each(values):
+                return tf.tile(values[None], [size + 1, 1])
 
-        def find_gaps(expected, element):
-            stream, index, image, label, end = element
-            first_missing = expected[stream]
+            return (
+                tf.range(-1, size), each(streams), each(indices), tf.concat([[""], data], 0),
+                tf.concat([[_END_TAG], tags], 0),
+            )
 
-            def name(indices):
-                return tf.strings.reduce_join(describe(stream, indices), separator=", ")
+        def decode_element(slot, streams, indices, data, tag):
+            def marker():  # a header, an end or a damage marker: a negative label, filtered out at the end
+                return tf.zeros([0, 0, 3], tf.uint8), tf.minimum(tag, _END_TAG)
 
-            def gap_message():
-                return tf.strings.join([
-                    "could not read or decode ", name(tf.range(first_missing, index)),
-                    " (TensorFlow logs the cause as a warning).",
-                ])
+            image, label = tf.cond(tf.logical_or(slot < 0, tag < 0), marker, lambda: decode(data, tag))
+            return slot, streams, indices, tag, image, label
+
+        def find_losses(state, element):
+            # State: the streams and indices of the current group, the slot expected next in it,
+            # and the run of records lost since the last one that decoded (count, names).
+            group_streams, group_indices, expected, lost, names = state
+            slot, streams, indices, tag, image, label = element
+            header = slot < 0
+            # A header ends the previous group: the rest of it was lost; a record, those before it.
+            missing_end = tf.where(header, tf.size(group_streams), slot)
+            missing = missing_end > expected
+            lost += tf.cast(missing_end - expected, tf.int64)
+            payload = tf.logical_not(header)
+            losses_end = tf.logical_and(payload, lost > 0)
+            damaged = tf.logical_and(payload, tf.equal(tag, _DAMAGED_TAG))
+            is_record = tf.logical_and(payload, tag >= 0)
+            label_ok = tf.logical_or(tf.logical_not(is_record), check_label(label)[0]) if check_label else tf.constant(True)
+
+            def name():
+                return describe(streams[slot][None], indices[slot][None])[0]
 
             def damage_message():
                 return tf.strings.join([
-                    "could not read ", name(index[None]), " or any record after it: the file is truncated or "
+                    "could not read ", name(), " or any record after it: the file is truncated or "
                     "corrupt (TensorFlow logs the cause as a warning).",
                 ])
 
             def label_message():
-                return tf.strings.join([name(index[None]), ": ", check_label(label)[1]()])
+                return tf.strings.join([name(), ": ", check_label(label)[1]()])
 
-            in_order = tf.equal(index, first_missing)
-            whole = tf.logical_not(tf.logical_and(end, tf.equal(label, _DAMAGED_TAG)))
-            label_ok = tf.logical_or(end, check_label(label)[0]) if check_label else tf.constant(True)
+            def handle():
+                """Names the records just found missing, and reports what ends here."""
+                new = tf.strings.reduce_join(
+                    describe(group_streams[expected:missing_end], group_indices[expected:missing_end]), separator=", "
+                )
+                separator = tf.where(tf.logical_and(missing, names != ""), ", ", "")
+                all_names = tf.strings.join([names, separator, new])
 
-            def report():
-                reports = [self.check(in_order, gap_message, index - first_missing), self.check(whole, damage_message, 1)]
+                def gap_message():
+                    return tf.strings.join(["could not read or decode ", all_names, " (TensorFlow logs the cause as a warning)."])
+
+                reports = [
+                    self.check(tf.logical_not(losses_end), gap_message, lost),
+                    self.check(tf.logical_not(damaged), damage_message, 1),
+                ]
                 if check_label is not None:
                     reports.append(_fail_unless(label_ok, label_message))
-                return tf.group(reports)
+                with tf.control_dependencies(reports):
+                    return tf.identity(all_names)
 
-            # One cond per record: the reports are only built when something is wrong.
-            all_ok = tf.logical_and(tf.logical_and(in_order, whole), label_ok)
-            with tf.control_dependencies([tf.cond(all_ok, tf.no_op, report)]):
-                expected = tf.tensor_scatter_nd_update(expected, [[stream]], [index + 1])
-                return expected, (tf.identity(image), label)
+            # One cond per element: names and reports are only built when something is wrong.
+            trouble = tf.reduce_any(tf.stack([missing, losses_end, damaged, tf.logical_not(label_ok)]))
+            names = tf.cond(trouble, handle, lambda: names)
+            state = (
+                streams, indices, tf.where(header, 0, slot + 1), tf.where(payload, tf.constant(0, tf.int64), lost),
+                tf.where(payload, tf.constant(""), names),
+            )
+            with tf.control_dependencies([names]):
+                return state, (tf.identity(image), label)
 
-        # Only end markers have a negative label here: check_label has failed on any other.
+        start = (
+            tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.constant(0, tf.int32), tf.constant(0, tf.int64),
+            tf.constant(""),
+        )
+        # Only headers and markers have a negative label here: check_label has failed on any other.
         return (
-            records.map(decode_tagged, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            records.concatenate(end)
+            .batch(_GROUP)
+            .map(announce)
+            .unbatch()
+            .map(decode_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .ignore_errors(log_warning=True)
-            .scan(tf.zeros([streams], tf.int64), find_gaps)
+            .scan(start, find_losses)
             .filter(lambda image, label: label >= 0)
         )
 
@@ -587,7 +673,7 @@ class TFRecordData(_EncodedImageSource):
     def _num_examples(self, split: str) -> None:
         return None  # counting needs a pass over every shard
 
-    def _examples(self, split: str) -> tf.data.Dataset:
+    def _records(self, split: str) -> tf.data.Dataset:
         files = self._files[split]
         if split not in self._sizes:  # for the truncation check; stat is slow on GCS, so in parallel
             with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
@@ -596,25 +682,27 @@ class TFRecordData(_EncodedImageSource):
         shards = tf.data.Dataset.from_tensor_slices((tf.range(len(files)), files, sizes))
         # Reading and checking the framing is cheap and sequential per shard; decoding is one
         # parallel map over the interleaved records, as in the TF Model Garden pipelines.
-        records = shards.interleave(
+        return shards.interleave(
             _index_shard,
             cycle_length=min(len(files), _INTERLEAVE_CYCLE),
             block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+
+    def _decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:
         features = {
             _IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
             _LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),
         }
-        file_table = tf.constant(files)
+        file_table = tf.constant(self._files[split])
 
         def decode(record, tag):
             example = tf.io.parse_single_example(record, features)
             return _decode_image(example[_IMAGE_FEATURE]), tf.cast(example[_LABEL_FEATURE] - self.label_offset, tf.int32)
 
-        def describe(shard, indices):
-            return tf.strings.join([tf.gather(file_table, shard), " (record ", tf.strings.as_string(indices), ")"])
+        def describe(shards, indices):
+            return tf.strings.join([tf.gather(file_table, shards), " (record ", tf.strings.as_string(indices), ")"])
 
         if self.label_offset == 0:
             hint = (
@@ -633,30 +721,34 @@ class TFRecordData(_EncodedImageSource):
 
             return tf.logical_and(label >= 0, label < self.num_classes), message
 
-        return self._policy(split).decode_in_order(records, decode, describe, len(files), check_label)
+        return self._policy(split).decode_in_order(records, decode, describe, check_label)
 
 
 def _index_shard(shard: tf.Tensor, path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
-    """A shard's records as `decode_in_order` takes them, the end marker saying if the shard is damaged.
+    """A shard's records as `decode_in_order` takes them, then a marker if the shard is damaged.
 
     A truncated or damaged record makes `TFRecordDataset` raise `DataLossError` without naming
     the file (and a record cut inside its header reads as a clean end of file). `ignore_errors`
     ends the shard there instead, and the bytes of the records read then fall short of the
-    file's size: the end marker is tagged `_DAMAGED_TAG`.
+    file's size: a record tagged `_DAMAGED_TAG` follows the last one read. Records are counted
+    in batches (an empty batch closes the shard), which costs less than a step per record.
     """
 
-    def step(state, element):
+    def step(state, batch):
         consumed, count = state
-        index, record = element
-        end = index < 0
-        tag = tf.where(end, tf.where(tf.equal(consumed, size), _END_TAG, _DAMAGED_TAG), 0)
-        length = tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_FRAMING_BYTES
-        return (consumed + length, count + 1), (shard, tf.where(end, count, index), record, tag)
+        read = tf.size(batch, out_type=tf.int64)
+        damaged = tf.logical_and(tf.equal(read, 0), tf.not_equal(consumed, size))
+        marker = tf.cast(damaged, tf.int64)  # 1 if the shard ends damaged here, else 0
+        indices = tf.concat([count + tf.range(read), tf.fill([marker], count)], 0)
+        records = tf.concat([batch, tf.fill([marker], "")], 0)
+        tags = tf.concat([tf.zeros([read], tf.int32), tf.fill([marker], _DAMAGED_TAG)], 0)
+        lengths = tf.cast(tf.strings.length(batch), tf.int64) + _TFRECORD_FRAMING_BYTES
+        return (consumed + tf.reduce_sum(lengths), count + read), (tf.fill([read + marker], shard), indices, records, tags)
 
     zero = tf.constant(0, tf.int64)
-    end_marker = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant("")))
-    records = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).enumerate()
-    return records.concatenate(end_marker).scan((zero, zero), step)
+    batches = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).batch(_GROUP)
+    end = tf.data.Dataset.from_tensors(tf.zeros([0], tf.string))
+    return batches.concatenate(end).scan((zero, zero), step).unbatch()
 
 
 def _check_example_features(path: str) -> None:
@@ -767,18 +859,19 @@ class ImageFolderData(_EncodedImageSource):
     def _num_examples(self, split: str) -> int:
         return len(self._files[split][0])
 
-    def _examples(self, split: str) -> tf.data.Dataset:
+    def _records(self, split: str) -> tf.data.Dataset:
         paths, labels = self._files[split]
-        path_table = tf.constant(paths)
-        # One stream: record i is (0, i, path, label); the end marker is (0, N, "", _END_TAG).
-        count = len(paths) + 1
-        files = tf.data.Dataset.from_tensor_slices(
-            (tf.zeros([count], tf.int32), tf.range(count, dtype=tf.int64), paths + [""], tf.constant(labels + [_END_TAG], tf.int32))
+        # One stream: record i is (0, i, path, label).
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.zeros([len(paths)], tf.int32), tf.range(len(paths), dtype=tf.int64), paths, tf.constant(labels, tf.int32))
         )
+
+    def _decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:
+        path_table = tf.constant(self._files[split][0])
         return self._policy(split).decode_in_order(
-            files,
+            records,
             lambda path, label: (_decode_image(tf.io.read_file(path)), label),
-            lambda stream, indices: tf.gather(path_table, indices),
+            lambda streams, indices: tf.gather(path_table, indices),
         )
 
 
@@ -789,7 +882,8 @@ class TfdsData(DataSource):
     Needs the optional `tensorflow_datasets` package (`pip install 'resnet[tfds]'`). Prepare the
     data once with `tfds build NAME --data_dir DIR` (or `tfds.builder(NAME).download_and_prepare()`)
     where there is a network. Files are read in a fixed order; one-channel images are converted to
-    RGB and four-channel ones lose alpha.
+    RGB and four-channel ones lose alpha. TFDS decodes images as it reads them, so the records of
+    this source are its examples: a pipeline that skips records here still decodes them.
 
     Args:
         name: TFDS name, optionally with config and version, e.g. "cifar10" or "imagenet2012:5.1.0".
@@ -852,7 +946,7 @@ class TfdsData(DataSource):
     def _num_examples(self, split: str) -> int:
         return int(self._builder.info.splits[self._splits[split]].num_examples)
 
-    def _examples(self, split: str) -> tf.data.Dataset:
+    def _records(self, split: str) -> tf.data.Dataset:
         def pair(example):
             image = example[self._image_key]
             gray = tf.equal(tf.shape(image)[-1], 1)

@@ -113,6 +113,30 @@ def test_recipes_trace_inside_tf_data_with_unknown_sizes():
             assert next(iter(batches)).shape == (4, 16, 16, 3)
 
 
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_train_with_a_seed_depends_on_the_image_and_seed_only(recipe):
+    prep = Preprocessing(recipe, image_size=16, pad=4)
+    original = image(30, 40)
+    first = prep.train(original, seed=[3, 9]).numpy()
+    np.testing.assert_array_equal(prep.train(original, seed=tf.constant([3, 9], tf.int64)).numpy(), first)
+    seeds = tf.data.Dataset.range(12).map(lambda i: tf.stack([tf.constant(3, tf.int64), i]))
+    mapped = seeds.map(lambda seed: prep.train(original, seed=seed), num_parallel_calls=4, deterministic=True)
+    outputs = [out.numpy() for out in mapped]
+    np.testing.assert_array_equal(outputs[9], first)  # the same in a parallel tf.data map as eagerly
+    assert len({out.tobytes() for out in outputs}) >= 8  # other seeds, other crops and flips
+
+
+def test_train_flips_with_seeds_and_refuses_bad_seeds():
+    prep = Preprocessing(pad=0)
+    original = image(32, 32)
+    flipped = [np.array_equal(np.round(pixels(prep, prep.train(original, seed=[0, k]))), original.numpy()[:, ::-1])
+               for k in range(30)]
+    assert 5 < sum(flipped) < 25
+    for bad in ([1.0, 2.0], [1, 2, 3], 7, "seed"):
+        with pytest.raises(ValueError, match=r"`seed` must be None or 2 integers \(int32 or int64, shape \[2\]\); received"):
+            prep.train(original, seed=bad)
+
+
 def test_none_recipe_is_deterministic_and_ignores_flip():
     prep = Preprocessing("none", image_size=16, flip=True)
     original = image(30, 40)

@@ -1,0 +1,221 @@
+"""InputPipeline: order and augmentation fixed by (seed, epoch), exact mid-epoch resume that
+decodes nothing it skips, repetition, and evaluation in order."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import random_images, write_cifar10
+from resnet.data import CifarData, ImageFolderData, Preprocessing, SyntheticData, TFRecordData
+from resnet.data.pipeline import InputPipeline
+
+CIFAR = dict(recipe="cifar", image_size=12, pad=3)  # random shifts and flips
+IMAGENET = dict(recipe="imagenet", image_size=12)  # random resized crops and flips
+
+
+def batches(dataset: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset]
+
+
+def assert_same(actual, expected) -> None:
+    assert len(actual) == len(expected)
+    for (images, labels), (want_images, want_labels) in zip(actual, expected):
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)
+
+
+def example(encoded: bytes, label: int) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def write_jpeg_shards(directory, shards: int = 3, per_shard: int = 8, corrupt: tuple[int, int] | None = None) -> str:
+    """JPEG shards whose records all have distinct labels (shard * per_shard + record), so a
+    label tells where a record landed; `corrupt` = (shard, record) gets bytes that are no image."""
+    for s in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(directory, f"train-{s:05d}-of-{shards:05d}")) as writer:
+            for r in range(per_shard):
+                image = random_images(1, 14 + r, 18 - s, seed=100 + 10 * s + r)[0]
+                encoded = b"\xff\xd8 not a jpeg" if corrupt == (s, r) else tf.io.encode_jpeg(image).numpy()
+                writer.write(example(encoded, s * per_shard + r))
+    return os.path.join(directory, "train-*")
+
+
+def tfrecord_source(directory, skip_corrupt: bool = False, **kwargs) -> TFRecordData:
+    pattern = write_jpeg_shards(directory, **kwargs)
+    return TFRecordData(pattern, pattern, num_classes=24, skip_corrupt=skip_corrupt)
+
+
+def array_source(directory) -> CifarData:
+    write_cifar10(directory, per_batch=6)  # 30 training images
+    return CifarData(str(directory))
+
+
+def synthetic_source() -> SyntheticData:
+    return SyntheticData(train_examples=30, eval_examples=10, image_size=12, num_classes=5)
+
+
+# Resuming ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+@pytest.mark.parametrize("kind", ["arrays", "synthetic"])
+def test_resumed_epoch_is_the_tail_of_the_full_epoch_bit_for_bit(tmp_path, kind, cache):
+    source = array_source(tmp_path) if kind == "arrays" else synthetic_source()
+    pipe = InputPipeline(source, Preprocessing(**CIFAR), batch_size=4, seed=5, cache=cache, shuffle_buffer=10)
+    full = batches(pipe.train(epoch=2))
+    assert len(full) == pipe.steps_per_epoch() == 7
+    for skip in (1, 4, 6):
+        assert_same(batches(pipe.train(epoch=2, skip_steps=skip)), full[skip:])
+    assert batches(pipe.train(epoch=2, skip_steps=7)) == []
+
+
+def test_resumed_tfrecord_epoch_with_augmentation_is_the_tail_and_cache_changes_nothing(tmp_path):
+    source = tfrecord_source(tmp_path)
+    prep = Preprocessing(**IMAGENET)
+    uncached = InputPipeline(source, prep, batch_size=4, seed=1, cache=False, shuffle_buffer=6)
+    full = batches(uncached.train(epoch=1))
+    assert len(full) == 6 and sorted(np.concatenate([labels for _, labels in full])) == list(range(24))
+    for skip in (1, 3, 5):
+        assert_same(batches(uncached.train(epoch=1, skip_steps=skip)), full[skip:])
+    cached = InputPipeline(source, prep, batch_size=4, seed=1, cache=True, shuffle_buffer=6)
+    assert_same(batches(cached.train(epoch=1, skip_steps=3)), full[3:])  # fills the cache
+    assert_same(batches(cached.train(epoch=1)), full)
+    assert_same(batches(cached.train(epoch=1, skip_steps=3)), full[3:])  # from the filled cache
+
+
+def epoch_labels(pipe: InputPipeline, **kwargs) -> list[int]:
+    return [int(label) for _, labels in batches(pipe.train(**kwargs)) for label in labels]
+
+
+def test_resume_skips_a_corrupt_tfrecord_before_the_resume_point_without_decoding_it(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    clean = InputPipeline(tfrecord_source(tmp_path / "clean"), Preprocessing(**IMAGENET), batch_size=4, seed=2,
+                          cache=False, shuffle_buffer=6)
+    order = epoch_labels(clean, epoch=0)
+    corrupt = 1 * 8 + 5  # the label of record 5 of shard 1
+    position = order.index(corrupt)  # where it lands in epoch 0
+    assert 4 <= position < 20  # neither in the first nor the last batch
+    step = position // 4
+    source = tfrecord_source(tmp_path / "corrupt", corrupt=(1, 5))
+    pipe = InputPipeline(source, Preprocessing(**IMAGENET), batch_size=4, seed=2, cache=False, shuffle_buffer=6)
+    # Resumed past it: never read, never reported, and the rest of the epoch is the clean one.
+    assert_same(batches(pipe.train(epoch=0, skip_steps=step + 1)), batches(clean.train(epoch=0, skip_steps=step + 1)))
+    # Resumed before it: reported by shard and record, after the shuffle as before it.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"could not read or decode .*train-00001-of-00003 \(record 5\)"):
+        batches(pipe.train(epoch=0, skip_steps=step))
+    skipping = InputPipeline(tfrecord_source(tmp_path / "corrupt", skip_corrupt=True, corrupt=(1, 5)),
+                             Preprocessing(**IMAGENET), batch_size=4, seed=2, cache=False, shuffle_buffer=6)
+    assert epoch_labels(skipping, epoch=0, skip_steps=step + 1) == order[4 * (step + 1):]
+    assert skipping.source.skipped_count("train") == 0
+    assert epoch_labels(skipping, epoch=0, skip_steps=step) == [label for label in order[4 * step:] if label != corrupt][:-3]
+    assert skipping.source.skipped_count("train") == 1
+
+
+def test_resume_skips_a_corrupt_image_file_before_the_resume_point(tmp_path):
+    # One image per class directory: each label names its file.
+    for c in range(10):
+        os.makedirs(tmp_path / "train" / f"class{c}")
+        image = random_images(1, 6 + c, 7, seed=c)[0]
+        (tmp_path / "train" / f"class{c}" / "image.png").write_bytes(tf.io.encode_png(image).numpy())
+    train = str(tmp_path / "train")
+    prep = Preprocessing(**CIFAR)
+    order = epoch_labels(InputPipeline(ImageFolderData(train, train), prep, batch_size=2, seed=0, cache=False,
+                                       shuffle_buffer=4), epoch=3)
+    target, step = order[5], 2  # the image at position 5 is in batch 2 of 5
+    broken = tmp_path / "train" / f"class{target}" / "image.png"
+    broken.write_bytes(broken.read_bytes()[:30])
+    pipe = InputPipeline(ImageFolderData(train, train), prep, batch_size=2, seed=0, cache=False, shuffle_buffer=4)
+    assert epoch_labels(pipe, epoch=3, skip_steps=step + 1) == order[2 * (step + 1):]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"could not read or decode .*class{target}/image\.png"):
+        epoch_labels(pipe, epoch=3, skip_steps=step)
+
+
+def test_a_truncated_shard_is_still_reported_when_its_records_are_shuffled(tmp_path):
+    pattern = write_jpeg_shards(tmp_path)
+    shard = tmp_path / "train-00002-of-00003"
+    shard.write_bytes(shard.read_bytes()[:-30])
+    pipe = InputPipeline(TFRecordData(pattern, pattern, num_classes=24), Preprocessing(**IMAGENET), batch_size=4,
+                         cache=False, shuffle_buffer=24)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"could not read .*train-00002-of-00003 \(record 7\) or any"):
+        batches(pipe.train(epoch=0))
+
+
+# Reproducibility --------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_the_same_batches_and_another_seed_or_epoch_other_ones(tmp_path):
+    def pipeline(seed, **kwargs):
+        return InputPipeline(array_source(tmp_path), Preprocessing(**CIFAR), batch_size=5, seed=seed, **kwargs)
+
+    first, second = pipeline(7), pipeline(7)
+    for epoch in (0, 1):
+        assert_same(batches(first.train(epoch)), batches(second.train(epoch)))
+    epoch0 = batches(first.train(0))
+    for other in (batches(first.train(1)), batches(pipeline(8).train(0))):
+        assert not np.array_equal(np.concatenate([i for i, _ in other]), np.concatenate([i for i, _ in epoch0]))
+    # Without shuffling the order is the same; the augmentations still differ by epoch and seed.
+    unshuffled = [pipeline(seed, shuffle_buffer=1) for seed in (7, 8)]
+    images = {(s, e): np.concatenate([i for i, _ in batches(unshuffled[s].train(e))]) for s in (0, 1) for e in (0, 1)}
+    labels = [np.concatenate([l for _, l in batches(p.train(0))]) for p in unshuffled]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    for a, b in (((0, 0), (0, 1)), ((0, 0), (1, 0))):
+        changed = [not np.array_equal(x, y) for x, y in zip(images[a], images[b])]
+        assert sum(changed) > len(changed) // 2
+
+
+def test_image_n_of_an_epoch_is_augmented_with_a_seed_of_the_pipeline_seed_epoch_and_n():
+    source, prep = synthetic_source(), Preprocessing(**IMAGENET)
+    pipe = InputPipeline(source, prep, batch_size=6, seed=11, shuffle_buffer=1)
+    delivered = np.concatenate([images for images, _ in batches(pipe.train(epoch=4))])
+    for n, (image, _) in enumerate(source.examples("train")):
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([11, 4], tf.int64), tf.constant(n, tf.int64))
+        np.testing.assert_array_equal(delivered[n], prep.train(image, seed=seed).numpy())
+
+
+# Repetition, evaluation, arguments --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_steps_repeat_the_split_and_resume_within_them(cache):
+    pipe = InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4, cache=cache, shuffle_buffer=8)
+    full = batches(pipe.train(epoch=0, steps=12))  # 48 images from 30: the split repeats
+    assert len(full) == 12
+    assert_same(batches(pipe.train(epoch=0, skip_steps=9, steps=12)), full[9:])
+    assert batches(pipe.train(epoch=0, skip_steps=12, steps=12)) == []
+    assert batches(pipe.train(epoch=0, skip_steps=20, steps=12)) == []
+    assert len(batches(pipe.train(epoch=0, steps=3))) == 3
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_eval_is_every_example_in_order(tmp_path, cache):
+    source = tfrecord_source(tmp_path)
+    prep = Preprocessing(**IMAGENET)
+    pipe = InputPipeline(source, prep, batch_size=4, eval_batch_size=5, cache=cache)
+    evaluated = batches(pipe.eval())
+    assert [len(labels) for _, labels in evaluated] == [5, 5, 5, 5, 4]
+    expected = [(prep.eval(image).numpy(), int(label)) for image, label in source.examples("eval")]
+    np.testing.assert_array_equal(np.concatenate([images for images, _ in evaluated]), np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in evaluated]), [e[1] for e in expected])
+    assert_same(batches(pipe.eval()), evaluated)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epoch": -1}, r"`epoch` must be an integer >= 0; received -1"),
+        ({"epoch": 0, "skip_steps": -2}, r"`skip_steps` must be an integer >= 0; received -2"),
+        ({"epoch": 0, "steps": 0}, r"`steps` must be an integer >= 1; received 0"),
+    ],
+)
+def test_train_arguments_are_checked(kwargs, message):
+    pipe = InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4)
+    with pytest.raises(ValueError, match=message):
+        pipe.train(**kwargs)
+    with pytest.raises(ValueError, match=r"`Trainer.seed` must be an integer >= 0; received -3"):
+        InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4, seed=-3)
