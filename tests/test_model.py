@@ -29,7 +29,9 @@ def test_c5_is_the_input_of_the_head(resnet50):
     c5 = np.asarray(resnet50.extract_features(x)["C5"])
     head = resnet50.get_layer("classifier")
     logits = np.asarray(head(np.mean(c5, axis=(1, 2))))
-    np.testing.assert_allclose(logits, np.asarray(resnet50(x)), rtol=1e-4, atol=1e-5)
+    expected = np.asarray(resnet50(x))
+    # float32 sums of 2048 terms: rounding scales with the largest logits (about 100 here).
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
 def test_features_of_last_block_downsampling_layout_keep_pyramid_strides():
