@@ -110,6 +110,13 @@ def split_cpu(logical_cpus: int) -> None:
         ) from error
 
 
+def check_cluster_timeout(cluster_timeout: float) -> float:
+    """Returns `cluster_timeout` as a float if it is a number of seconds > 0, else raises `ValueError`."""
+    if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) or cluster_timeout <= 0:
+        raise ValueError(f"`Trainer.cluster_timeout` must be a number of seconds > 0; received {cluster_timeout!r}.")
+    return float(cluster_timeout)
+
+
 def setup(
     strategy: str = "default",
     logical_cpus: int | None = None,
@@ -151,8 +158,7 @@ def setup(
     check_choice("Trainer.strategy", strategy, STRATEGIES)
     if logical_cpus is not None:
         check_int("Trainer.logical_cpus", logical_cpus)
-    if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) or cluster_timeout <= 0:
-        raise ValueError(f"`Trainer.cluster_timeout` must be a number of seconds > 0; received {cluster_timeout!r}.")
+    check_cluster_timeout(cluster_timeout)
     multi_worker = strategy == "multi_worker_mirrored"
     key = (strategy, logical_cpus, float(cluster_timeout) if multi_worker else None)
     if key in _strategies:

@@ -154,9 +154,7 @@ class Trainer:
         self.precision = check_choice("Trainer.precision", precision, PRECISIONS)
         self.strategy_name = check_choice("Trainer.strategy", strategy, distribution.STRATEGIES)
         self.logical_cpus = None if logical_cpus is None else check_int("Trainer.logical_cpus", logical_cpus)
-        if isinstance(cluster_timeout, bool) or not isinstance(cluster_timeout, (int, float)) or cluster_timeout <= 0:
-            raise ValueError(f"`Trainer.cluster_timeout` must be a number of seconds > 0; received {cluster_timeout!r}.")
-        self.cluster_timeout = float(cluster_timeout)
+        self.cluster_timeout = distribution.check_cluster_timeout(cluster_timeout)
         self.jit_compile = bool(jit_compile)
         self.keep_checkpoints = check_int("Trainer.keep_checkpoints", keep_checkpoints)
         self.backup_every_steps = check_int("Trainer.backup_every_steps", backup_every_steps, minimum=0)
