@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import resnet
-from resnet import interop
 from conftest import images, relative_error
+from resnet import interop
 
 TOLERANCE = 1e-3  # max |ours - theirs| / max |theirs|, for logits and every feature map
 
@@ -65,8 +65,8 @@ def test_keras_applications_weights_match_numerically(name):
 
 @pytest.mark.parametrize("name", ["keras_resnet50", "keras_resnet50_v2"])
 def test_keras_applications_weights_load_from_weights_h5_and_legacy_h5(name, tmp_path):
-    from keras.src.legacy.saving import legacy_h5_format
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format
 
     source, taps = keras_application(name)
     x = images(batch=1, size=64)
