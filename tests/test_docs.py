@@ -26,6 +26,10 @@ MODULES = [
     "resnet.training.schedules",
     "resnet.training.steps",
     "resnet.interop",
+    "resnet.interop.core",
+    "resnet.interop.keras_applications",
+    "resnet.interop.pytorch",
+    "resnet.training.finetune",
 ]
 
 

@@ -26,10 +26,10 @@ import tensorflow as tf
 from resnet.data.pipeline import InputPipeline
 from resnet.data.preprocessing import Preprocessing
 from resnet.data.sources import DataSource
-from resnet.interop import PretrainedWeights, freeze
 from resnet.model import ResNet
 from resnet.training import distribution
 from resnet.training.evaluator import Evaluator, data_errors_named, restore_checkpoint, variables_by_path
+from resnet.training.finetune import PretrainedWeights, freeze
 from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory, join
 from resnet.training.schedules import learning_rate_schedule
 from resnet.training.steps import make_train_step

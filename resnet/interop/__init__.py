@@ -1,0 +1,52 @@
+"""Loading keras.applications and PyTorch (torchvision / timm) weights with the same numerics.
+
+One module per ecosystem, both ending in the same strict loader (`resnet.interop.core`): every
+variable of the model must receive a tensor of the right shape and every tensor of the source
+must be used, else nothing is loaded and a `ValueError` lists the names involved.
+`skip_classifier=True` loads everything but the classifier (for fine-tuning with another number
+of classes) and reports what it skipped.
+
+* `load_keras_applications_weights(model, source)` (`resnet.interop.keras_applications`): from a
+  built `keras.applications.ResNet50/101/152` or `ResNet50V2/101V2/152V2`, or a path to its
+  `.h5` or `.weights.h5` file, into the `keras_resnet*` configs.
+* `load_torch_state_dict(model, state_dict)` (`resnet.interop.pytorch`): from a mapping of torch
+  parameter and buffer names to arrays, or a `.npz` / `.safetensors` file of them (or a `.pth` /
+  `.pt` file when torch is installed, read with `torch.load(weights_only=True)`), into the
+  configs named after torchvision / timm models. No loader ever unpickles arbitrary objects.
+
+Converting a torch checkpoint to a file these read, in two lines:
+
+    import numpy as np, torch
+    np.savez("resnet50.npz", **{k: v.numpy() for k, v in torch.load("resnet50.pth", weights_only=True).items()})
+
+Starting a training run from such weights, and freezing parts of the model, is training's
+business: see `resnet.training.finetune`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+from resnet.interop.core import LoadReport
+from resnet.interop.keras_applications import load_keras_applications_weights
+from resnet.interop.pytorch import load_torch_state_dict
+
+__all__ = ["LoadReport", "load_keras_applications_weights", "load_torch_state_dict"]
+
+_MOVED_TO_FINETUNE = ("FORMATS", "PretrainedWeights", "freeze", "with_frozen_batch_norm")
+
+
+def __getattr__(name: str) -> Any:
+    # The fine-tuning helpers used to live here. Importing them at the top would make weight
+    # loading (model level) depend on training, against CLI -> training -> data/model; resolving
+    # the old names on first use keeps existing code working without that import.
+    if name in _MOVED_TO_FINETUNE:
+        warnings.warn(
+            f"resnet.interop.{name} moved to resnet.training.finetune.{name}; import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("resnet.training.finetune"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

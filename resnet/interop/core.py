@@ -1,0 +1,105 @@
+"""The strict loader both ecosystems share: all tensors or nothing, and a report of what it did."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from resnet.model import ResNet
+
+_MAX_LISTED = 8
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a loader did: `loaded` source tensors, and `skipped` ones (the classifier, if asked).
+
+    Example:
+
+    >>> print(LoadReport("resnet18.npz", loaded=["conv1.weight"], skipped=["fc.bias", "fc.weight"]))
+    Loaded 1 tensors from resnet18.npz; skipped fc.bias, fc.weight.
+    """
+
+    source: str
+    loaded: list[str]
+    skipped: list[str]
+
+    def __str__(self) -> str:
+        text = f"Loaded {len(self.loaded)} tensors from {self.source}"
+        return text + (f"; skipped {', '.join(self.skipped)}" if self.skipped else "") + "."
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _classifier_names(model: ResNet, source_name: Callable[[str], str]) -> set[str]:
+    return {source_name(v.path) for v in model.weights if v.path.startswith("classifier/")}
+
+
+def load_tensors(
+    model: ResNet,
+    tensors: Mapping[str, np.ndarray],
+    source_name: Callable[[str], str],
+    convert: Callable[[str, np.ndarray], np.ndarray],
+    skip_classifier: bool,
+    source: str,
+    ignored: Callable[[str], bool] = lambda name: False,
+) -> LoadReport:
+    """Assigns `tensors` to `model`, all or nothing: the step every ecosystem's loader ends with.
+
+    Args:
+        model: The model to load into.
+        tensors: Source name -> array.
+        source_name: Maps a model variable path (`stage1/block1/conv1/kernel`) to its source name.
+        convert: `convert(variable_path, array)` -> the array in this library's layout.
+        skip_classifier: Leave the classifier's variables as they are.
+        source: How errors and the report name the source (a file, or a model).
+        ignored: Source names that may be present without a counterpart.
+
+    Returns:
+        A `LoadReport`.
+
+    Raises:
+        ValueError: Tensors missing from the source, unused by the model or of the wrong shape
+            (named); nothing is loaded then.
+    """
+    targets = {v.path: v for v in model.weights}
+    plan, missing, mismatched, skipped = {}, [], [], []
+    for path, variable in targets.items():
+        name = source_name(path)
+        if path.startswith("classifier/") and skip_classifier:
+            if name in tensors:
+                skipped.append(name)
+            continue
+        if name not in tensors:
+            missing.append(name)
+            continue
+        value = convert(path, np.asarray(tensors[name]))
+        if tuple(value.shape) != tuple(variable.shape):
+            mismatched.append((name, f"{name} {tuple(np.shape(tensors[name]))} (as {tuple(value.shape)}) for "
+                                     f"{path} {tuple(variable.shape)}"))
+            continue
+        plan[path] = (name, value)
+    used = {name for name, _ in plan.values()} | set(skipped) | {name for name, _ in mismatched}
+    unexpected = sorted(n for n in tensors if n not in used and not ignored(n)
+                        and not (skip_classifier and n in _classifier_names(model, source_name)))
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {_listing([text for _, text in mismatched])}")
+    if missing:
+        problems.append(f"missing from the source: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"not used by the model: {_listing(unexpected)}")
+    if problems:
+        hint = " (a different number of classes? pass skip_classifier=True)" if any(
+            "classifier/" in text for _, text in mismatched) else ""
+        raise ValueError(
+            f"Cannot load {source} into {model.name!r}; nothing was loaded. " + "; ".join(problems) + hint + "."
+        )
+    for path, (_, value) in plan.items():
+        targets[path].assign(value.astype(targets[path].dtype))
+    return LoadReport(source, sorted(name for name, _ in plan.values()), sorted(skipped))

@@ -1,0 +1,142 @@
+"""torchvision / timm ResNet weights, from a state dict or a `.npz`, `.safetensors`, `.pth` or `.pt` file.
+
+No reader ever unpickles arbitrary objects: `.npz` files are read with `allow_pickle=False`,
+and `.pth` / `.pt` files (only where torch is installed) with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+
+from resnet.interop.core import LoadReport, load_tensors
+from resnet.model import ResNet
+
+_TORCH_LEAVES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
+                 "moving_mean": "running_mean", "moving_variance": "running_var"}
+# Buffers torch keeps that have no counterpart here (and carry no information for inference).
+_TORCH_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+def _torch_name(model: ResNet) -> Callable[[str], str]:
+    """The torchvision/timm parameter name of each variable path of `model`."""
+    deep_stem = model.stem["class_name"] == "DeepStem"
+    avg_down = model.block["config"]["shortcut"]["class_name"] == "AvgDownShortcut"
+
+    def name(path: str) -> str:
+        *layers, leaf = path.split("/")
+        leaf = _TORCH_LEAVES.get(leaf, leaf)
+        if layers[0] == "stem":
+            kind, index = re.fullmatch(r"(conv|norm)(\d)", layers[1]).groups()
+            if not deep_stem:
+                return f"{'conv1' if kind == 'conv' else 'bn1'}.{leaf}"
+            if kind == "norm" and index == "3":
+                return f"bn1.{leaf}"  # timm: the deep stem's last norm is the network's bn1
+            position = (int(index) - 1) * 3 + (0 if kind == "conv" else 1)
+            return f"conv1.{position}.{leaf}"
+        if layers[0] == "classifier":
+            return f"fc.{leaf}"
+        stage, block = int(layers[0].removeprefix("stage")), int(layers[1].removeprefix("block")) - 1
+        part = "/".join(layers[2:])
+        if part.startswith("shortcut/"):
+            offset = 1 if avg_down else 0
+            module = f"downsample.{offset + (0 if part == 'shortcut/conv' else 1)}"
+        elif part.startswith("se/"):
+            module = {"se/reduce": "se.fc1", "se/expand": "se.fc2"}[part]
+        else:
+            kind, index = re.fullmatch(r"(conv|norm)(\d)", part).groups()
+            module = f"{'conv' if kind == 'conv' else 'bn'}{index}"
+        return f"layer{stage}.{block}.{module}.{leaf}"
+
+    return name
+
+
+def _from_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
+    """Conv weights OIHW -> HWIO, linear weights (out, in) -> (in, out); others as they are."""
+    if path.endswith("/kernel"):
+        if value.ndim == 4:
+            return value.transpose(2, 3, 1, 0)
+        if value.ndim == 2:
+            return value.T
+    return value
+
+
+def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ValueError(f"Weights file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: archive[k] for k in archive.files}
+        if suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        if suffix in (".pth", ".pt"):
+            return _read_torch_file(path)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, SafetensorError) as error:
+        raise ValueError(f"{str(path)!r} is not a readable {suffix} weights file: {error}") from error
+    raise ValueError(f"{str(path)!r}: expected a .npz, .safetensors, .pth or .pt weights file.")
+
+
+def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"Reading {str(path)!r} needs torch, which is not installed. Convert it where torch is: "
+            "np.savez('weights.npz', **{k: v.numpy() for k, v in torch.load(path, weights_only=True).items()})"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        raise ValueError(f"{str(path)!r} is not a torch weights file loadable with weights_only=True: {error}") from error
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict.")
+    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def load_torch_state_dict(
+    model: ResNet, state_dict: Mapping[str, Any] | str | os.PathLike, skip_classifier: bool = False
+) -> LoadReport:
+    """Loads a torchvision / timm ResNet state dict into the model of the same name here.
+
+    Supported: `resnet18/34/50/101/152/200`, `resnext50_32x4d`, `wide_resnet50_2`, `resnet50d`,
+    `seresnet50`, `resnet50_gn` (any model built with their layout). Conv weights are
+    transposed from OIHW, the classifier's from (out, in); `num_batches_tracked` is ignored.
+
+    Args:
+        model: The model to load into.
+        state_dict: Names (`conv1.weight`, `bn1.running_mean`, `layer1.0.conv2.weight`,
+            `fc.bias`, ...) to NumPy arrays (or tensors with `.numpy()`), or a path to a
+            `.npz` / `.safetensors` file of them, or to a `.pth` / `.pt` file when torch is
+            installed (read with `weights_only=True`).
+        skip_classifier: Do not load `fc.*` (for another number of classes).
+
+    Returns:
+        A `LoadReport`.
+
+    Raises:
+        ValueError: A missing or unreadable file, or tensors missing, unused or of the wrong
+            shape (named); nothing is loaded then.
+    """
+    if isinstance(state_dict, (str, os.PathLike)):
+        source = str(state_dict)
+        state_dict = _read_state_dict(Path(state_dict))
+    elif isinstance(state_dict, Mapping):
+        source = "the state dict"
+        state_dict = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state_dict.items()}
+    else:
+        raise ValueError(f"`state_dict` must be a mapping or a file path; received {type(state_dict).__name__}.")
+    return load_tensors(model, state_dict, _torch_name(model), _from_torch_layout, skip_classifier, source,
+                        ignored=lambda name: bool(_TORCH_IGNORED.search(name)))

@@ -1,0 +1,97 @@
+"""Fine-tuning: the pretrained weights a run starts from, and freezing parts of the model.
+
+`Trainer.initial_weights = @PretrainedWeights()` loads keras.applications or torchvision / timm
+weights (through `resnet.interop`) when a run starts; `Trainer.freeze_stages` calls `freeze`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import gin
+
+from resnet.interop import LoadReport, load_keras_applications_weights, load_torch_state_dict
+from resnet.model import ResNet
+
+FORMATS = ("auto", "keras", "torch")
+
+
+@gin.configurable(module="resnet")
+@dataclasses.dataclass
+class PretrainedWeights:
+    """Weights a training run starts from (bind `Trainer.initial_weights = @PretrainedWeights()`).
+
+    Args:
+        path: The weights file.
+        format: "keras" (keras.applications `.h5` / `.weights.h5`), "torch" (`.npz`,
+            `.safetensors`, `.pth`, `.pt`), or "auto" (from the file name).
+        skip_classifier: Do not load the classifier (fine-tuning to other classes).
+
+    Example:
+
+    >>> PretrainedWeights("resnet50.npz", skip_classifier=True)  # what `@PretrainedWeights()` builds
+    PretrainedWeights(path='resnet50.npz', format='auto', skip_classifier=True)
+    """
+
+    path: str
+    format: str = "auto"
+    skip_classifier: bool = False
+
+    def __post_init__(self):
+        self.path = os.path.expanduser(str(self.path))
+        if self.format not in FORMATS:
+            raise ValueError(f"`PretrainedWeights.format` must be one of {FORMATS}; received {self.format!r}.")
+
+    def load_into(self, model: ResNet) -> LoadReport:
+        """Loads the file into `model` with the loader of its format; see `resnet.interop`."""
+        kind = self.format
+        if kind == "auto":
+            kind = "keras" if str(self.path).lower().endswith(".h5") else "torch"
+        if kind == "keras":
+            return load_keras_applications_weights(model, self.path, self.skip_classifier)
+        return load_torch_state_dict(model, self.path, self.skip_classifier)
+
+
+def freeze(model: ResNet, stages: int, stem: bool = True) -> None:
+    """Makes the stem (if `stem`) and the first `stages` stages non-trainable.
+
+    Their batch norms then also run in inference mode (Keras semantics of `trainable=False`).
+
+    Example:
+
+    >>> import resnet
+    >>> model = resnet.build("cifar/resnet20")
+    >>> freeze(model, stages=2)
+    >>> [model.get_layer(n).trainable for n in ("stem", "stage1", "stage2", "stage3")]
+    [False, False, False, True]
+    """
+    count = len(model.stage_blocks)
+    if isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= count:
+        raise ValueError(f"`stages` must be an integer in [0, {count}]; received {stages!r}.")
+    if stem:
+        model.get_layer("stem").trainable = False
+    for i in range(1, stages + 1):
+        model.get_layer(f"stage{i}").trainable = False
+
+
+def with_frozen_batch_norm(model: ResNet) -> ResNet:
+    """A copy of `model` whose batch norms are `FrozenBatchNorm`, with the same weights.
+
+    Equivalent to building with `ResNet.norm = 'frozen_batch'` (the gin way) and loading the
+    weights.
+    """
+    config = model.get_config()
+
+    def swap(value):
+        if isinstance(value, dict):
+            if value.get("class_name") in ("BatchNorm", "SyncBatchNorm"):
+                return {"class_name": "FrozenBatchNorm", "config": {**value["config"], "synchronized": False}}
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    frozen = ResNet.from_config(swap(config))
+    frozen.set_weights(model.get_weights())
+    return frozen
