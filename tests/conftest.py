@@ -19,6 +19,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """Runs `slow` tests first (keeping their order otherwise): under pytest-xdist the long
+    multi-process tests then overlap the many short ones instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def clean_state():
     gin.clear_config()

@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_script(name: str, *args: str, expect_failure: bool = False) -> subprocess.CompletedProcess:
+    """Runs a benchmark script as a subprocess; tests that call it are marked `slow`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, env=env,
                             timeout=600)
@@ -37,6 +38,7 @@ def load_module(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_throughput_reports_both_models_and_the_mixed_precision_speedup(tmp_path):
     out = tmp_path / "throughput.json"
     run_script(
@@ -67,6 +69,7 @@ def test_throughput_reports_both_models_and_the_mixed_precision_speedup(tmp_path
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["tensorflow"]
 
 
+@pytest.mark.slow
 def test_throughput_inference_of_a_gin_file(tmp_path):
     gin_file = tmp_path / "tiny.gin"
     gin_file.write_text("include 'resnet18.gin'\nResNet.stage_filters = (8, 16, 32, 64)\n")
@@ -81,6 +84,7 @@ def test_throughput_inference_of_a_gin_file(tmp_path):
     assert "speed ratio" in result.stdout
 
 
+@pytest.mark.slow
 def test_input_pipeline_reports_rates_of_both_cases(tmp_path):
     out = tmp_path / "pipeline.json"
     run_script(
@@ -95,6 +99,7 @@ def test_input_pipeline_reports_rates_of_both_cases(tmp_path):
         assert entry["ratio"] == pytest.approx(entry["pipeline_images_per_second"] / entry["model_images_per_second"], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_determinism_reports_both_settings_and_their_ratio(tmp_path):
     out = tmp_path / "determinism.json"
     result = run_script("determinism.py", "--batch_size=8", "--steps=1", "--warmup=1", "--repeats=1", f"--json={out}")
@@ -117,6 +122,7 @@ def test_degradation_nets_are_the_shipped_cifar_configs():
         degradation.blocks_per_stage(21)
 
 
+@pytest.mark.slow
 def test_degradation_writes_figure_table_and_verdict_then_resumes(tmp_path):
     out = tmp_path / "degradation"
     args = ["--depths=8,14", "--epochs=2", "--steps_per_epoch=2", "--batch_size=16", f"--output_dir={out}"]
@@ -149,6 +155,7 @@ def test_degradation_writes_figure_table_and_verdict_then_resumes(tmp_path):
     assert (out / "runs" / "plain8" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_degradation_reads_cifar10_from_data_dir(tmp_path):
     cifar = tmp_path / "cifar-10-batches-py"
     write_cifar10(cifar, per_batch=4)
@@ -160,6 +167,7 @@ def test_degradation_reads_cifar10_from_data_dir(tmp_path):
     assert results["curves"]["resnet8"]["epoch"] == [1]
 
 
+@pytest.mark.slow
 def test_degradation_names_a_missing_data_dir(tmp_path):
     result = run_script("degradation.py", f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'out'}",
                         expect_failure=True)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here runs the benchmark script as a subprocess.
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resume_input.py"
 
 

@@ -68,6 +68,17 @@ def replica_local_state(model: keras.Model) -> list:
     return [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
 
 
+def check_no_model_losses(model: keras.Model) -> None:
+    """Raises `ValueError` if `model` carries losses of its own (layer regularizers): the train
+    step's only regularization is its weight decay, so they would be a second one."""
+    if model.losses:
+        raise ValueError(
+            f"The model carries {len(model.losses)} regularization loss(es) of its own (e.g. from "
+            "`ResNet.kernel_regularizer`); the train step's only regularization is weight decay "
+            "(`Trainer.weight_decay`). Remove the layer regularizers and set the weight decay instead."
+        )
+
+
 def _correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     predicted = tf.argmax(logits, -1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
@@ -89,8 +100,12 @@ def make_train_step(
 
     The loss of each replica is its examples' summed cross-entropy divided by
     `global_batch_size`, plus `weight_decay / 2 * sum(kernel ** 2)` over `decayed_kernels` (so
-    the gradient gets `weight_decay * kernel`, as in the paper and torchvision) and the model's
-    own `losses`, each divided by the replica count. A `LossScaleOptimizer` scales the loss.
+    the gradient gets `weight_decay * kernel`, as in the paper and torchvision) divided by the
+    replica count. A `LossScaleOptimizer` scales the loss.
+
+    `weight_decay` is the only regularization the step applies. A model that carries its own
+    regularization losses (`model.losses`, e.g. from `ResNet.kernel_regularizer`, which is there
+    for Keras' own `fit`) is refused rather than decayed twice.
 
     Args:
         model: The model; its variables must have been created under `strategy`'s scope.
@@ -108,6 +123,7 @@ def make_train_step(
         the data loss summed over replicas (the mean over the global batch) and the number of
         correctly classified images.
     """
+    check_no_model_losses(model)
     strategy = strategy or tf.distribute.get_strategy()
     variables = model.trainable_variables
     decayed = decayed_kernels(model)
@@ -126,8 +142,6 @@ def make_train_step(
                 # l2_loss(v) = sum(v ** 2) / 2 in one kernel, without a squared copy of v.
                 l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decayed])
                 loss += tf.nn.scale_regularization_loss(weight_decay * l2)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             to_differentiate = optimizer.scale_loss(loss) if scaled else loss
         grads = tape.gradient(to_differentiate, variables)
         optimizer.apply(grads, variables)

@@ -32,7 +32,7 @@ from resnet.training.evaluator import Evaluator, data_errors_named, restore_chec
 from resnet.training.finetune import PretrainedWeights, freeze
 from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory, join
 from resnet.training.schedules import learning_rate_schedule
-from resnet.training.steps import make_train_step
+from resnet.training.steps import check_no_model_losses, make_train_step
 from resnet.validation import check_choice, check_int, check_rate
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -258,6 +258,7 @@ class Trainer:
                 f"Training needs logits or softmax outputs; the classifier activation is {activation!r}."
             )
         self.from_logits = activation != "softmax"
+        check_no_model_losses(model)
         return model
 
     def make_train_step(self):

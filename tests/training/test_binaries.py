@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+# Every test here starts the binaries as subprocesses.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 # A few short epochs of the demo: enough to exercise every file a run writes.

@@ -74,6 +74,9 @@ import keras
 import resnet
 from resnet.training.steps import make_train_step, replica_local_state
 
+# Every test here starts TensorFlow subprocesses (strategies fix devices per process).
+pytestmark = pytest.mark.slow
+
 with strategy.scope():
     model = resnet.build("cifar/resnet20", ["ResNet.stage_blocks = (1, 1, 1)"])
     optimizer = keras.optimizers.SGD(0.1)
@@ -217,7 +220,6 @@ def wait_for_backup(model_dir, processes, minimum_step=1, timeout=300):
     pytest.fail("no backup appeared")
 
 
-@pytest.mark.slow
 def test_two_workers_agree_evaluate_to_their_metrics_and_refuse_an_unshared_model_dir(tmp_path, cluster):
     model_dir = tmp_path / "run"
     params = FAST + ["Trainer.strategy = 'multi_worker_mirrored'"]
@@ -249,7 +251,6 @@ def test_two_workers_agree_evaluate_to_their_metrics_and_refuse_an_unshared_mode
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
 
 
-@pytest.mark.slow
 def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, cluster):
     from resnet.training.distribution import CLUSTER_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE
 

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+# Every test here runs the binaries as subprocesses or trains a run end to end.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 FAST = [

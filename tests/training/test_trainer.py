@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import resnet
 from resnet import config
-from resnet.training.steps import classification_loss, decayed_kernels
+from resnet.training.steps import classification_loss, decayed_kernels, make_train_step
 from resnet.training.trainer import Trainer, variables_by_path
 
 TINY = [
@@ -61,6 +62,15 @@ def test_weight_decay_adds_its_gradient_to_kernels_only(tmp_path):
             np.testing.assert_allclose(extra, 0.0, atol=1e-6)
     assert checked == {"kernel"}
     assert any(p.startswith("classifier/") for p in before0)
+
+
+def test_layer_regularizers_are_refused_in_favour_of_weight_decay(tmp_path):
+    refusal = r"regularization loss.*ResNet.kernel_regularizer.*Trainer.weight_decay"
+    with pytest.raises(ValueError, match=refusal):
+        make_trainer(tmp_path, "ResNet.kernel_regularizer = 'l2'")
+    model = resnet.build("cifar/resnet20", ["ResNet.kernel_regularizer = 'l2'"])
+    with pytest.raises(ValueError, match=refusal):
+        make_train_step(model, keras.optimizers.SGD(), num_classes=10, global_batch_size=8)
 
 
 def test_decayed_variables_are_conv_and_dense_kernels(tmp_path):
