@@ -25,6 +25,11 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def marked_slow(values, is_slow) -> list:
+    """Parameters for `parametrize`: the values for which `is_slow(value)` holds carry the `slow` mark."""
+    return [pytest.param(v, marks=pytest.mark.slow) if is_slow(v) else v for v in values]
+
+
 @pytest.fixture(autouse=True)
 def clean_state():
     gin.clear_config()
@@ -35,8 +40,9 @@ def clean_state():
     keras.config.set_dtype_policy("float32")
 
 
-def randomize_norms(model: keras.layers.Layer, seed: int = 0) -> None:
-    """Gives every norm layer non-trivial statistics and affine weights, so none is an identity."""
+def randomize_norms(model: keras.layers.Layer, seed: int = 0, shift: float = 0.1) -> None:
+    """Gives every norm layer non-trivial statistics and affine weights, so none is an identity:
+    scales and variances uniform in [0.5, 1.5], offsets and means normal with std `shift`."""
     rng = np.random.default_rng(seed)
     for weight in model.weights:
         shape = tuple(weight.shape)
@@ -44,7 +50,41 @@ def randomize_norms(model: keras.layers.Layer, seed: int = 0) -> None:
         if leaf in ("gamma", "moving_variance"):
             weight.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
         elif leaf in ("beta", "moving_mean"):
-            weight.assign(rng.normal(0.0, 0.1, shape).astype("float32"))
+            weight.assign(rng.normal(0.0, shift, shape).astype("float32"))
+
+
+def torchvision_resnet18_state(num_classes: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """A state dict with the names and shapes of torchvision's resnet18, written from its layout."""
+    rng = np.random.default_rng(seed)
+    state = {}
+
+    def conv(name, out, inp, k):
+        state[f"{name}.weight"] = rng.normal(0, 0.1, (out, inp, k, k)).astype("float32")
+
+    def bn(name, width):
+        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, width).astype("float32")
+        state[f"{name}.bias"] = rng.normal(0, 0.1, width).astype("float32")
+        state[f"{name}.running_mean"] = rng.normal(0, 0.1, width).astype("float32")
+        state[f"{name}.running_var"] = rng.uniform(0.5, 1.5, width).astype("float32")
+        state[f"{name}.num_batches_tracked"] = np.array(7, dtype="int64")
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inp = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            conv(f"{prefix}.conv1", width, inp if block == 0 else width, 3)
+            bn(f"{prefix}.bn1", width)
+            conv(f"{prefix}.conv2", width, width, 3)
+            bn(f"{prefix}.bn2", width)
+            if block == 0 and stage > 1:
+                conv(f"{prefix}.downsample.0", width, inp, 1)
+                bn(f"{prefix}.downsample.1", width)
+        inp = width
+    state["fc.weight"] = rng.normal(0, 0.1, (num_classes, 512)).astype("float32")
+    state["fc.bias"] = rng.normal(0, 0.1, num_classes).astype("float32")
+    return state
 
 
 def images(batch: int = 2, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import keras
@@ -77,13 +78,23 @@ def _keras_counterpart(name: str, path: Path) -> keras.Model:
     counterpart = getattr(keras.applications, name)(
         weights=None, include_top=include_top, classes=classes or 1000, input_shape=(224, 224, 3) if include_top else None
     )
-    try:
-        counterpart.load_weights(str(path))
-    except (ValueError, KeyError, OSError) as error:
-        raise ValueError(
-            f"Weights file {str(path)!r} does not hold keras.applications.{name} weights "
-            f"({'with' if include_top else 'without'} the classifier): {error}"
-        ) from error
+    mismatch = (
+        f"Weights file {str(path)!r} does not hold keras.applications.{name} weights "
+        f"({'with' if include_top else 'without'} the classifier)"
+    )
+    # Keras warns about each part of the file it cannot place and may then load the rest; a
+    # partial load would leave random weights behind, so any such warning is an error here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            counterpart.load_weights(str(path))
+        except (ValueError, KeyError, OSError) as error:
+            raise ValueError(f"{mismatch}: {error}") from error
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{mismatch}: Keras could not place {len(skipped)} part(s) of it, e.g. {skipped[0]}")
+    for other in caught:
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     return counterpart
 
 

@@ -10,47 +10,13 @@ import numpy as np
 import pytest
 
 import resnet
-from conftest import images, relative_error
+from conftest import images, relative_error, torchvision_resnet18_state
 from resnet import interop
 
 TOLERANCE = 1e-3  # max |ours - theirs| / max |theirs|, for logits and every feature map
 
 
 # ------------------------------------------------------------------ torch names, without torch
-
-
-def torchvision_resnet18_state(num_classes=1000, seed=0):
-    """A state dict with the names and shapes of torchvision's resnet18, written from its layout."""
-    rng = np.random.default_rng(seed)
-    state = {}
-
-    def conv(name, out, inp, k):
-        state[f"{name}.weight"] = rng.normal(0, 0.1, (out, inp, k, k)).astype("float32")
-
-    def bn(name, width):
-        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, width).astype("float32")
-        state[f"{name}.bias"] = rng.normal(0, 0.1, width).astype("float32")
-        state[f"{name}.running_mean"] = rng.normal(0, 0.1, width).astype("float32")
-        state[f"{name}.running_var"] = rng.uniform(0.5, 1.5, width).astype("float32")
-        state[f"{name}.num_batches_tracked"] = np.array(7, dtype="int64")
-
-    conv("conv1", 64, 3, 7)
-    bn("bn1", 64)
-    inp = 64
-    for stage, width in enumerate((64, 128, 256, 512), start=1):
-        for block in range(2):
-            prefix = f"layer{stage}.{block}"
-            conv(f"{prefix}.conv1", width, inp if block == 0 else width, 3)
-            bn(f"{prefix}.bn1", width)
-            conv(f"{prefix}.conv2", width, width, 3)
-            bn(f"{prefix}.bn2", width)
-            if block == 0 and stage > 1:
-                conv(f"{prefix}.downsample.0", width, inp, 1)
-                bn(f"{prefix}.downsample.1", width)
-        inp = width
-    state["fc.weight"] = rng.normal(0, 0.1, (num_classes, 512)).astype("float32")
-    state["fc.bias"] = rng.normal(0, 0.1, num_classes).astype("float32")
-    return state
 
 
 def test_torch_names_and_layouts_map_onto_the_model():

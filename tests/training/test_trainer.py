@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import resnet
+from conftest import torchvision_resnet18_state
 from resnet import config
 from resnet.training.steps import classification_loss, decayed_kernels, make_train_step
 from resnet.training.trainer import Trainer, variables_by_path
@@ -128,27 +129,6 @@ def test_label_smoothing_in_training_only(tmp_path):
 def test_bad_trainer_settings(tmp_path, binding, pattern):
     with pytest.raises(ValueError, match=pattern):
         make_trainer(tmp_path, binding)
-
-
-def torchvision_resnet18_state():
-    """Random tensors under the names and shapes of torchvision's resnet18 (what a `.npz` of it holds)."""
-    rng = np.random.default_rng(0)
-    convs = {"conv1": (64, 3, 7, 7)}
-    for stage, (inp, width) in enumerate([(64, 64), (64, 128), (128, 256), (256, 512)], start=1):
-        for block in (0, 1):
-            prefix = f"layer{stage}.{block}"
-            convs[f"{prefix}.conv1"] = (width, inp if block == 0 else width, 3, 3)
-            convs[f"{prefix}.conv2"] = (width, width, 3, 3)
-            if block == 0 and stage > 1:
-                convs[f"{prefix}.downsample.0"] = (width, inp, 1, 1)
-    state = {"fc.weight": rng.normal(0, 0.1, (1000, 512)).astype("float32"),
-             "fc.bias": rng.normal(0, 0.1, 1000).astype("float32")}
-    for conv, shape in convs.items():
-        state[f"{conv}.weight"] = rng.normal(0, 0.1, shape).astype("float32")
-        norm = "bn1" if conv == "conv1" else conv.replace(".conv", ".bn").replace("downsample.0", "downsample.1")
-        for leaf in ("weight", "bias", "running_mean", "running_var"):
-            state[f"{norm}.{leaf}"] = rng.uniform(0.5, 1.5, shape[0]).astype("float32")
-    return state
 
 
 def test_fine_tuning_starts_from_pretrained_weights_and_keeps_frozen_stages(tmp_path):
