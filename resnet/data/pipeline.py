@@ -5,8 +5,8 @@ from __future__ import annotations
 import gin
 import tensorflow as tf
 
+from resnet.data.base import DataSource
 from resnet.data.preprocessing import Preprocessing
-from resnet.data.sources import DataSource
 from resnet.validation import check_int
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -44,7 +44,7 @@ class InputPipeline:
 
     Example:
 
-    >>> from resnet.data.sources import SyntheticData
+    >>> from resnet.data import SyntheticData
     >>> pipe = InputPipeline(SyntheticData(train_examples=64, image_size=32, num_classes=10),
     ...                      Preprocessing(image_size=32), batch_size=16)
     >>> images, labels = next(iter(pipe.train(epoch=0)))
@@ -65,13 +65,21 @@ class InputPipeline:
         shuffle_buffer: int = 10_000,
         eval_batch_size: int | None = None,
     ):
+        if not isinstance(source, DataSource):
+            raise ValueError(f"`source` must be a DataSource such as DigitsData(); received {source!r}.")
+        if not isinstance(preprocessing, Preprocessing):
+            raise ValueError(f"`preprocessing` must be a Preprocessing; received {preprocessing!r}.")
+        if not isinstance(cache, bool):
+            raise ValueError(f"`InputPipeline.cache` must be True or False; received {cache!r}.")
         self.source = source
         self.preprocessing = preprocessing
         self.batch_size = check_int("Trainer.batch_size", batch_size)
-        self.eval_batch_size = check_int("InputPipeline.eval_batch_size", eval_batch_size or batch_size)
+        self.eval_batch_size = check_int(
+            "InputPipeline.eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size
+        )
         self.seed = check_int("Trainer.seed", seed, minimum=0)
         self.shuffle_buffer = check_int("InputPipeline.shuffle_buffer", shuffle_buffer)
-        self.cache = bool(cache)
+        self.cache = cache
         # Training reads cached decoded images, or the undecoded records it decodes after skipping.
         self._train = source.examples("train").cache() if self.cache else source.records("train")
         evaluation = source.examples("eval")

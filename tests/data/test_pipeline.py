@@ -1,18 +1,30 @@
 """InputPipeline: order and augmentation fixed by (seed, epoch), exact mid-epoch resume that
-decodes nothing it skips, repetition, and evaluation in order."""
+decodes nothing it skips, full training batches, repetition, evaluation in order, and checked
+arguments."""
 
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_files import example
 
 from conftest import random_images, write_cifar10
-from resnet.data import CifarData, ImageFolderData, Preprocessing, SyntheticData, TFRecordData
+from resnet.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CifarData,
+    DataSource,
+    ImageFolderData,
+    Preprocessing,
+    SyntheticData,
+    TFRecordData,
+)
 from resnet.data.pipeline import InputPipeline
 
 CIFAR = dict(recipe="cifar", image_size=12, pad=3)  # random shifts and flips
 IMAGENET = dict(recipe="imagenet", image_size=12)  # random resized crops and flips
+PLAIN = dict(recipe="none", image_size=8, mean=(0, 0, 0), std=(1, 1, 1))  # no augmentation: pixels as read
 
 
 def batches(dataset: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -26,11 +38,28 @@ def assert_same(actual, expected) -> None:
         np.testing.assert_array_equal(images, want_images)
 
 
-def example(encoded: bytes, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+def epoch_labels(pipe: InputPipeline, **kwargs) -> list[int]:
+    return [int(label) for _, labels in batches(pipe.train(**kwargs)) for label in labels]
+
+
+class Numbered(DataSource):
+    """Examples labelled with their index in the split ('eval' from 100 on), in 8x8 images of that
+    value: the labels of an epoch show its order. `counted=False` hides the split sizes, as
+    TFRecordData does."""
+
+    name, num_classes = "numbered", 200
+
+    def __init__(self, train_examples: int = 30, eval_examples: int = 10, counted: bool = True):
+        self._sizes = {"train": train_examples, "eval": eval_examples}
+        self._counted = counted
+
+    def _records(self, split):
+        labels = np.arange(self._sizes[split], dtype=np.int32) + (100 if split == "eval" else 0)
+        images = np.broadcast_to(labels[:, None, None, None], (len(labels), 8, 8, 3)).astype(np.uint8)
+        return tf.data.Dataset.from_tensor_slices((images, labels))
+
+    def _num_examples(self, split):
+        return self._sizes[split] if self._counted else None
 
 
 def write_jpeg_shards(directory, shards: int = 3, per_shard: int = 8, corrupt: tuple[int, int] | None = None) -> str:
@@ -88,8 +117,14 @@ def test_resumed_tfrecord_epoch_with_augmentation_is_the_tail_and_cache_changes_
     assert_same(batches(cached.train(epoch=1, skip_steps=3)), full[3:])  # from the filled cache
 
 
-def epoch_labels(pipe: InputPipeline, **kwargs) -> list[int]:
-    return [int(label) for _, labels in batches(pipe.train(**kwargs)) for label in labels]
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_a_fresh_pipeline_resumed_at_any_step_gives_the_tail_of_the_epoch(cache):
+    def pipeline():  # a new source and pipeline for each call, as in a restarted process
+        return InputPipeline(Numbered(), Preprocessing(**PLAIN), batch_size=4, seed=1, cache=cache, shuffle_buffer=16)
+
+    full = epoch_labels(pipeline(), epoch=5)
+    for skip in range(8):
+        assert epoch_labels(pipeline(), epoch=5, skip_steps=skip) == full[4 * skip:]
 
 
 def test_resume_skips_a_corrupt_tfrecord_before_the_resume_point_without_decoding_it(tmp_path):
@@ -146,7 +181,32 @@ def test_a_truncated_shard_is_still_reported_when_its_records_are_shuffled(tmp_p
         batches(pipe.train(epoch=0))
 
 
-# Reproducibility --------------------------------------------------------------------------------
+# Order and reproducibility ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_the_order_of_an_epoch_is_a_permutation_fixed_by_seed_and_epoch(cache):
+    def order(seed, epoch, **kwargs):
+        kwargs = {"cache": cache, "shuffle_buffer": 30, **kwargs}
+        pipe = InputPipeline(Numbered(), Preprocessing(**PLAIN), batch_size=5, seed=seed, **kwargs)
+        return epoch_labels(pipe, epoch=epoch)
+
+    first = order(3, 0)
+    assert sorted(first) == list(range(30)) and first != list(range(30))
+    assert order(3, 0) == first  # a new pipeline, as after a restart
+    assert len({tuple(first), tuple(order(3, 1)), tuple(order(4, 0))}) == 3
+    assert order(3, 0, shuffle_buffer=1) == order(4, 2, shuffle_buffer=1) == list(range(30))
+
+
+def test_cached_and_uncached_epochs_have_the_same_order_and_images():
+    def pipeline(cache):
+        prep = Preprocessing("cifar", image_size=8, pad=2)
+        return InputPipeline(Numbered(), prep, batch_size=5, seed=9, cache=cache, shuffle_buffer=12)
+
+    cached, uncached = pipeline(True), pipeline(False)
+    for epoch in (0, 1):
+        assert_same(batches(cached.train(epoch)), batches(uncached.train(epoch)))
+        assert_same(batches(cached.train(epoch, skip_steps=2)), batches(uncached.train(epoch))[2:])
 
 
 def test_same_seed_gives_the_same_batches_and_another_seed_or_epoch_other_ones(tmp_path):
@@ -178,7 +238,24 @@ def test_image_n_of_an_epoch_is_augmented_with_a_seed_of_the_pipeline_seed_epoch
         np.testing.assert_array_equal(delivered[n], prep.train(image, seed=seed).numpy())
 
 
-# Repetition, evaluation, arguments --------------------------------------------------------------
+# Batching, repetition, evaluation, arguments ----------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_training_batches_are_full_and_the_rest_of_an_epoch_is_dropped(cache):
+    def pipeline(batch_size, source=None):
+        return InputPipeline(source or Numbered(), Preprocessing(**PLAIN), batch_size=batch_size, seed=2, cache=cache)
+
+    pipe = pipeline(4)
+    delivered = batches(pipe.train(epoch=0))
+    assert [labels.shape for _, labels in delivered] == [(4,)] * 7 == [(4,)] * pipe.steps_per_epoch()
+    assert {images.shape for images, _ in delivered} == {(4, 8, 8, 3)}
+    order = epoch_labels(pipeline(1), epoch=0)  # the order does not depend on the batch size
+    assert epoch_labels(pipe, epoch=0) == order[:28]  # the last 2 of the epoch's 30 are left out
+    for images, labels in delivered:
+        np.testing.assert_array_equal(images, np.broadcast_to(labels[:, None, None, None], images.shape))
+    assert pipeline(31).steps_per_epoch() == 0 and batches(pipeline(31).train(epoch=0)) == []
+    assert pipeline(4, Numbered(counted=False)).steps_per_epoch() is None
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
@@ -203,6 +280,36 @@ def test_eval_is_every_example_in_order(tmp_path, cache):
     np.testing.assert_array_equal(np.concatenate([images for images, _ in evaluated]), np.stack([e[0] for e in expected]))
     np.testing.assert_array_equal(np.concatenate([labels for _, labels in evaluated]), [e[1] for e in expected])
     assert_same(batches(pipe.eval()), evaluated)
+
+
+def test_eval_is_not_shuffled_nor_augmented_and_keeps_the_last_partial_batch():
+    def evaluated(**kwargs):
+        pipe = InputPipeline(Numbered(), Preprocessing("cifar", image_size=8, pad=2), **{"batch_size": 4, **kwargs})
+        return batches(pipe.eval())
+
+    default = evaluated()
+    assert [labels.tolist() for _, labels in default] == [[100, 101, 102, 103], [104, 105, 106, 107], [108, 109]]
+    for images, labels in default:  # only normalized: each image still holds its label's value
+        expected = (labels[:, None, None, None] - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
+        np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), rtol=1e-6)
+    for kwargs in ({"seed": 8}, {"shuffle_buffer": 1}, {"cache": False}):
+        assert_same(evaluated(**kwargs), default)
+    assert [len(labels) for _, labels in evaluated(eval_batch_size=3)] == [3, 3, 3, 1]
+
+
+def test_constructor_arguments_are_checked():
+    for kwargs, message in [
+        ({"batch_size": 0}, r"`Trainer.batch_size` must be an integer >= 1; received 0"),
+        ({"batch_size": 4.0}, r"`Trainer.batch_size` must be an integer >= 1; received 4.0"),
+        ({"eval_batch_size": 0}, r"`InputPipeline.eval_batch_size` must be an integer >= 1; received 0"),
+        ({"shuffle_buffer": 0}, r"`InputPipeline.shuffle_buffer` must be an integer >= 1; received 0"),
+        ({"cache": "no"}, r"`InputPipeline.cache` must be True or False; received 'no'"),
+        ({"source": "digits"}, r"`source` must be a DataSource such as DigitsData\(\); received 'digits'"),
+        ({"preprocessing": "cifar"}, r"`preprocessing` must be a Preprocessing; received 'cifar'"),
+    ]:
+        arguments = {"source": Numbered(), "preprocessing": Preprocessing(**PLAIN), "batch_size": 4, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            InputPipeline(**arguments)
 
 
 @pytest.mark.parametrize(
