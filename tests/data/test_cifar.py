@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
-from data_files import read_all
 
 from conftest import random_images, write_cifar10, write_cifar_batch
+from data_files import read_all
 from resnet.data import CifarData, DataError
 
 

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import read_all, write_image_folder
 
+from data_files import read_all, write_image_folder
 from resnet.data import ImageFolderData
 
 FILES = [f"{i:02d}.png" for i in range(70)]  # three groups: 0-31, 32-63, 64-69 and the end marker

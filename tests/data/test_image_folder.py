@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import encode, read_all, write_image_folder
 
 from conftest import random_images
+from data_files import encode, read_all, write_image_folder
 from resnet.data import DataError, ImageFolderData
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import read_all
 
+from data_files import read_all
 from resnet.data import DigitsData, SyntheticData
 
 

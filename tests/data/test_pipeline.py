@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import example
 
 from conftest import random_images, write_cifar10
+from data_files import example
 from resnet.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import read_all
 
 from conftest import random_images
+from data_files import read_all
 from resnet.data import DataError, TfdsData
 
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_files import encode, example, read_all, write_shard
 
 from conftest import random_images
+from data_files import encode, example, read_all, write_shard
 from resnet.data import DataError, TFRecordData
 
 
