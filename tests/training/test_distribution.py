@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here starts TensorFlow subprocesses (strategies fix devices per process).
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 ENV.pop("TF_CONFIG", None)
@@ -73,9 +76,6 @@ strategy = distribution.setup("mirrored", logical_cpus=2)
 import keras
 import resnet
 from resnet.training.steps import make_train_step, replica_local_state
-
-# Every test here starts TensorFlow subprocesses (strategies fix devices per process).
-pytestmark = pytest.mark.slow
 
 with strategy.scope():
     model = resnet.build("cifar/resnet20", ["ResNet.stage_blocks = (1, 1, 1)"])
