@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
+import io
 import os
 import tokenize
 from collections.abc import Iterable, Iterator
@@ -64,28 +64,8 @@ def config_path(config: str | os.PathLike) -> Path:
 
 
 # Shipped configs `include` each other by name ("resnet50.gin", "cifar/resnet20.gin"); user files
-# can include them the same way.
+# can include them the same way, through `parse` or through gin's own `parse_config_file`.
 gin.add_config_file_search_path(str(configs_dir()))
-
-
-class _QuietIncludeSearch(logging.Filter):
-    """Drops gin's "Path not found" error, logged while it probes include search paths."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.getMessage().startswith("Path not found")
-            and record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
-        )
-
-
-@contextlib.contextmanager
-def _quiet_include_search() -> Iterator[None]:
-    quiet = _QuietIncludeSearch()
-    logging.getLogger().addFilter(quiet)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(quiet)
 
 
 def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str] = ()) -> None:
@@ -98,8 +78,7 @@ def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str
     for config in config_files:
         path = config_path(config)
         try:
-            with _quiet_include_search():
-                gin.parse_config_file(str(path))
+            _parse_file(str(path))
         except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin config {path}: {_describe(error)}") from error
     for binding in bindings:
@@ -107,6 +86,64 @@ def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str
             gin.parse_config(binding)
         except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin binding {binding!r}: {_describe(error)}") from error
+
+
+def _parse_file(path: str) -> None:
+    """Parses a gin file, and in their place the files it `include`s that `_find_include` finds.
+
+    gin looks for an included name in the working directory before its search paths, asking each
+    of its file readers in turn, and its package-resource reader logs an error for every name it
+    cannot place, so an include of a shipped config by name would print "Path not found" errors.
+    Parsed here, such includes never reach gin's search. Any other include is left to gin, which
+    searches the paths added to it and reports, with file and line, a file it cannot find.
+    """
+    with open(path) as file:
+        lines = file.readlines()
+    statements = list(gin.config_parser.ConfigParser(_named_text(lines, path), _Placeholders()))
+    # Each gin parse has its own import context, so every piece repeats the imports above it.
+    imports = {s.location.line_num - 1 for s in statements if isinstance(s, gin.config_parser.ImportStatement)}
+    start = 0
+    for statement in statements:
+        if isinstance(statement, gin.config_parser.IncludeStatement):
+            included = _find_include(statement.filename)
+            if included is not None:
+                include_line = statement.location.line_num - 1
+                _parse_lines(path, lines, imports, start, include_line)
+                _parse_file(included)
+                start = include_line + 1
+    _parse_lines(path, lines, imports, start, len(lines))
+
+
+def _find_include(name: str) -> str | None:
+    """The file gin's search would find for `include name` in the working directory or among the
+    shipped configs, or None."""
+    for candidate in (name, os.path.join(configs_dir(), name)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _parse_lines(path: str, lines: list[str], imports: set[int], start: int, stop: int) -> None:
+    """Parses `lines[start:stop]` of `path`, keeping their line numbers for gin's messages."""
+    above = [lines[i] if i in imports else "\n" for i in range(start)]
+    gin.parse_config(_named_text(above + lines[start:stop], path))
+
+
+def _named_text(lines: list[str], path: str) -> io.StringIO:
+    """The text of `lines` as a file object named `path`, the name gin gives in its messages."""
+    text = io.StringIO("".join(lines))
+    text.name = path
+    return text
+
+
+class _Placeholders(gin.config_parser.ParserDelegate):
+    """Reads references and macros as None: finding the includes needs no configurable."""
+
+    def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> None:
+        return None
+
+    def macro(self, macro_name: str) -> None:
+        return None
 
 
 # What gin raises for a bad file or binding: unknown names (ValueError), syntax (SyntaxError, or

@@ -16,17 +16,23 @@ in which every constructor argument has a value: the class default, overridden b
 overridden by the explicit config. Nested specs (a block's `norm` and `shortcut`) are resolved
 recursively. Stored in `get_config`, a complete spec rebuilds the same layer whatever gin
 bindings are active when the model is loaded.
+
+`build_from_spec` constructs a layer through its gin configurable. Arguments whose spec value is
+the one gin would supply anyway (its binding, or the default) are left to gin, which records them
+in `gin.operative_config_str()` as it does for any configurable it calls; every other value is
+passed explicitly. So the operative config lists what nested layers used
+(`BottleneckBlock.groups = 32`), and a spec still builds exactly the layer it describes.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import gin
 import keras
-from gin import config as gin_config
 
 KINDS = ("block", "shortcut", "stem", "norm")
 
@@ -34,6 +40,8 @@ KINDS = ("block", "shortcut", "stem", "norm")
 _TABLES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 # Arguments that are layer bookkeeping, never part of a spec.
 _BOOKKEEPING = ("self", "name", "dtype", "trainable")
+# class -> arguments some owner has set on it through `resolve_spec(overrides=...)` in this process.
+_SET_BY_OWNERS: dict[type, set[str]] = {}
 
 
 def register(kind: str | None = None, *aliases: str):
@@ -43,7 +51,7 @@ def register(kind: str | None = None, *aliases: str):
         kind: One of `KINDS`, or None for classes that are not swapped by name.
         *aliases: Short names accepted besides the class name, e.g. `"bottleneck"`.
 
-    A class may declare two attributes used by `resolve_spec`:
+    A class may declare three attributes used by `resolve_spec`:
         `spec_args`: `{argument: kind}` for arguments that are themselves specs.
         `owner_args`: arguments its owner sets for every instance (filters, strides, ...);
             they are left out of specs and must not be bound in gin.
@@ -167,7 +175,8 @@ def resolve_spec(
             `None` or `"none"` means no normalization and resolves to None.
         argument: The argument name reported in errors, e.g. `"BottleneckBlock.norm"`.
         overrides: Values the owner imposes (e.g. the network-wide norm a ResNet passes to
-            its blocks); gin may not bind them on the class.
+            its blocks); gin may not bind them on the class, and they are never recorded in
+            the operative config as the class's (see `build_from_spec`).
         owner: The owner named in errors about `overrides`.
 
     Returns:
@@ -197,10 +206,9 @@ def resolve_spec(
     overridden = set(overrides or {}) - set(explicit)
     if overridden:
         check_unbound(cls, overridden, owner or "the owner")
+    _SET_BY_OWNERS.setdefault(cls, set()).update(overrides or {})
 
     config: dict[str, Any] = {}
-    operative: dict[str, Any] = {}
-    raw_bound = gin.get_bindings(cls, resolve_references=False) if bound else {}
     for param in spec_params:
         default = params[param].default
         if param in (overrides or {}):
@@ -209,32 +217,14 @@ def resolve_spec(
             config[param] = explicit[param]
         elif param in bound:
             config[param] = bound[param]
-            operative[param] = raw_bound[param]
         elif default is not inspect.Parameter.empty:
-            config[param] = operative[param] = default
+            config[param] = default
         else:
             raise ValueError(f"`{argument}`: {cls.__name__} needs a value for `{param}`.")
-    _record_operative(cls, operative)
     for param, sub_kind in getattr(cls, "spec_args", {}).items():
         if param in config:
             config[param] = resolve_spec(sub_kind, config[param], f"{cls.__name__}.{param}")
     return {"class_name": cls.__name__, "config": serialize_value(config)}
-
-
-def _record_operative(cls: type, values: Mapping[str, Any]) -> None:
-    """Adds the bound and default values a spec used to gin's operative config.
-
-    gin records the parameters it injects when it calls a configurable itself; nested layers get
-    theirs through `resolve_spec` instead, so without this `gin.operative_config_str()` would
-    omit e.g. `BottleneckBlock.groups = 32`. This uses gin's internal operative-config table
-    (unchanged since gin-config 0.5); a test checks the result.
-    """
-    configurable = gin_config._inverse_lookup(cls)
-    if configurable is None or not values:
-        return
-    key = ("/".join(gin.current_scope()), configurable.selector)
-    with gin_config._OPERATIVE_CONFIG_LOCK:
-        gin_config._OPERATIVE_CONFIG.setdefault(key, {}).update(values)
 
 
 def spec_class(kind: str, spec: Mapping[str, Any]) -> type:
@@ -243,8 +233,57 @@ def spec_class(kind: str, spec: Mapping[str, Any]) -> type:
 
 
 def build_from_spec(kind: str, spec: Mapping[str, Any], **instance_args: Any) -> keras.layers.Layer:
-    """Instantiates a resolved spec, adding the per-instance arguments its owner sets."""
-    return spec_class(kind, spec)(**spec["config"], **instance_args)
+    """Instantiates a resolved spec, adding the per-instance arguments its owner sets.
+
+    The layer is built through its gin configurable. Spec values that gin would supply anyway
+    (the binding, or the default) are left to gin, which records them in the operative config;
+    every other value is passed explicitly, so the layer is the spec whatever gin binds.
+    """
+    cls = spec_class(kind, spec)
+    config = spec["config"]
+    left_to_gin = _supplied_by_gin(cls, config)
+    # Arguments outside the spec are passed too (the owner's, or else their defaults): gin must
+    # neither inject a binding of, say, `trainable`, which specs ignore, nor record a default.
+    fixed = {
+        param: p.default
+        for param, p in constructor_parameters(cls).items()
+        if param not in config and param not in instance_args and p.default is not inspect.Parameter.empty
+    }
+    explicit = {param: value for param, value in config.items() if param not in left_to_gin}
+    return gin.get_configurable(cls)(**explicit, **fixed, **instance_args)
+
+
+def _supplied_by_gin(cls: type, config: Mapping[str, Any]) -> set[str]:
+    """The arguments in `config` whose value gin would supply itself: bound to it, or the default.
+
+    Arguments an owner sets through `resolve_spec(overrides=...)` are never among them: recorded
+    on the class, they would be bindings that `resolve_spec` refuses when the operative config is
+    parsed back. A value gin would supply differently, or could not compare, is not either.
+    """
+    params = constructor_parameters(cls)
+    bound = gin_bindings(cls)
+    spec_args = getattr(cls, "spec_args", {})
+    supplied = set()
+    for param, value in config.items():
+        if param not in params or param in _SET_BY_OWNERS.get(cls, ()):
+            continue
+        gin_value = bound[param] if param in bound else params[param].default
+        if gin_value is inspect.Parameter.empty:
+            continue
+        try:
+            if param in spec_args:
+                gin_value = resolve_spec(spec_args[param], gin_value, f"{cls.__name__}.{param}")
+            same = _canonical(serialize_value(gin_value)) == _canonical(value)
+        except (TypeError, ValueError):  # not a valid or comparable value: the spec's is passed
+            continue
+        if same:
+            supplied.add(param)
+    return supplied
+
+
+def _canonical(value: Any) -> str:
+    """A serialized value as text, so that `True` and `1`, or `0` and `0.0`, are told apart."""
+    return json.dumps(value, sort_keys=True)
 
 
 class ArgsConfigMixin:

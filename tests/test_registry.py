@@ -2,10 +2,12 @@
 
 import gin
 import keras
+import numpy as np
 import pytest
 
 import resnet
-from resnet.registry import constructor_parameters, resolve_spec
+from conftest import images
+from resnet.registry import build_from_spec, constructor_parameters, resolve_spec
 
 
 def test_spec_lists_every_argument_except_those_the_owner_sets():
@@ -38,6 +40,7 @@ def test_nested_specs_are_resolved_with_gin():
 def test_gin_reference_resolves_to_the_registered_class():
     gin.parse_config("ResidualStage.block = @BasicBlock")
     stage = gin.get_configurable(resnet.ResidualStage)(num_blocks=1, filters=8)
+    stage(keras.ops.ones((1, 8, 8, 8)))  # builds the blocks
     assert type(stage.blocks[0]) is resnet.BasicBlock and stage.block["class_name"] == "BasicBlock"
 
 
@@ -91,9 +94,65 @@ def test_operative_config_lists_what_nested_layers_used():
         "ResNet.stage_blocks = (3, 4, 6, 3)",
     ):
         assert line in operative, line
+    # What the ResNet sets on its blocks and stem is its own binding, not theirs: the operative
+    # config must not bind it on them, or parsing it back would be refused.
+    for setting in ("norm", "activation", "preact", "padding", "use_bias", "kernel_initializer", "kernel_regularizer"):
+        assert f"ResNet.{setting} = " in operative, setting
+        assert f"BottleneckBlock.{setting} = " not in operative, setting
+        assert f"ClassicStem.{setting} = " not in operative, setting
     # The operative config alone rebuilds the same network.
     gin.clear_config()
     gin.parse_config(operative)
     rebuilt = gin.get_configurable(resnet.ResNet)()
     assert rebuilt.get_config()["block"]["config"]["groups"] == 32
     assert sum(int(w.numpy().size) for w in rebuilt.trainable_weights) == 25_028_904
+
+
+def _build_block(spec, **instance_args):
+    block = build_from_spec(
+        "block", spec, filters=8, strides=2, dilation=1, first_dilation=1, drop_path_rate=0.0, name="b", **instance_args
+    )
+    block(images(size=8, channels=8))  # creates the sublayers
+    return block
+
+
+def test_building_from_a_spec_keeps_its_values_and_records_what_gin_supplied():
+    gin.parse_config(
+        """
+        BottleneckBlock.groups = 8
+        BottleneckBlock.se_ratio = 0.25
+        BatchNorm.momentum = 0.5
+        BatchNorm.trainable = False
+        """
+    )
+    spec = resolve_spec("block", {"class_name": "bottleneck", "config": {"groups": 2, "base_width": 64}}, "block")
+    block = _build_block(spec)
+    assert block.groups == 2 and block.se_ratio == 0.25
+    norms = [norm for norm in block.norms if norm is not None]
+    assert norms and all(norm.momentum == 0.5 and norm.trainable for norm in norms)  # specs ignore `trainable`
+    operative = gin.operative_config_str()
+    for line in ("BottleneckBlock.se_ratio = 0.25", "BottleneckBlock.base_width = 64", "BatchNorm.momentum = 0.5"):
+        assert line in operative, line
+    # Explicit values gin did not supply, and what the owner passes, are not gin's to record.
+    for name in ("BottleneckBlock.groups", "BottleneckBlock.filters", "BottleneckBlock.name", "BatchNorm.trainable"):
+        assert name not in operative, name
+
+
+def test_a_spec_builds_the_same_layer_whatever_gin_binds_at_build_time():
+    spec = resolve_spec("block", "basic", "block")
+    reference = _build_block(spec)
+    gin.parse_config(
+        """
+        BasicBlock.shortcut = @ZeroPadShortcut
+        BasicBlock.zero_init_last = True
+        BatchNorm.epsilon = 0.1
+        """
+    )
+    block = _build_block(spec)
+    assert block.get_config() == reference.get_config()
+    block.set_weights(reference.get_weights())
+    x = images(size=8, channels=8)
+    np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(reference(x)))
+    operative = gin.operative_config_str()
+    for line in ("BasicBlock.shortcut = @ZeroPadShortcut", "BasicBlock.zero_init_last = True", "BatchNorm.epsilon = 0.1"):
+        assert line not in operative, line
