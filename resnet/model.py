@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 
 from resnet.layers.activations import serialize_activation
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings
 from resnet.layers.normalization import make_norm
 from resnet.registry import (
     ArgsConfigMixin,
@@ -23,6 +24,81 @@ from resnet.validation import check_choice, check_int, check_int_sequence, check
 
 OUTPUT_STRIDES = (None, 8, 16, 32)
 POOLINGS = ("avg", "max", None)
+
+
+def _check_stage_layout(
+    stage_blocks: Sequence[int], stage_filters: Sequence[int], stage_strides: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    stage_blocks = check_int_sequence("ResNet.stage_blocks", stage_blocks)
+    if not stage_blocks:
+        raise ValueError("`ResNet.stage_blocks` must list at least one stage; received ().")
+    n = len(stage_blocks)
+    stage_filters = check_int_sequence("ResNet.stage_filters", stage_filters, length=n)
+    stage_strides = check_int_sequence("ResNet.stage_strides", stage_strides, length=n)
+    return stage_blocks, stage_filters, stage_strides
+
+
+def _check_options(
+    downsample_block: str, width_multiplier: float, output_stride: int | None, drop_path_rate: float
+) -> None:
+    check_choice("ResNet.downsample_block", downsample_block, DOWNSAMPLE_BLOCKS)
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
+        raise ValueError(f"`ResNet.width_multiplier` must be a positive number; received {width_multiplier!r}.")
+    check_choice("ResNet.output_stride", output_stride, OUTPUT_STRIDES)
+    check_rate("ResNet.drop_path_rate", drop_path_rate)
+
+
+def _check_head(include_top: bool, pooling: str | None, dropout_rate: float, num_classes: int) -> None:
+    check_rate("ResNet.dropout_rate", dropout_rate)
+    check_choice("ResNet.pooling", pooling, POOLINGS)
+    if include_top and pooling is None:
+        raise ValueError("`ResNet.pooling` must be 'avg' or 'max' when `include_top` is True; received None.")
+    if include_top:
+        check_int("ResNet.num_classes", num_classes)
+
+
+def _check_input_shape(input_shape: Any) -> tuple:
+    if not isinstance(input_shape, Sequence) or len(input_shape) != 3:
+        raise ValueError(
+            f"`ResNet.input_shape` must be (height, width, channels); received {input_shape!r}."
+        )
+    height, width, channels = input_shape
+    check_int("ResNet.input_shape channels", channels)
+    for dim in (height, width):
+        if dim is not None:
+            check_int("ResNet.input_shape height/width", dim)
+    return tuple(input_shape)
+
+
+def _resolve_block_and_stem(
+    block: Any, stem: Any, norm_spec: dict | None, shared_settings: dict[str, Any], preact: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The block and stem specs, with the network-wide settings imposed on them.
+
+    A pre-activation stem is a bare conv: its norm and activation come first in the blocks.
+    """
+    block_spec = resolve_spec(
+        "block", block, "ResNet.block", overrides=dict(shared_settings, norm=norm_spec, preact=preact), owner="ResNet"
+    )
+    stem_overrides = dict(shared_settings, **(dict(norm=None, activation=None) if preact else dict(norm=norm_spec)))
+    stem_spec = resolve_spec("stem", stem, "ResNet.stem", overrides=stem_overrides, owner="ResNet")
+    return block_spec, stem_spec
+
+
+def _check_output_stride(output_stride: int | None, stem_stride: int) -> None:
+    if output_stride is not None and output_stride < stem_stride:
+        raise ValueError(
+            f"`ResNet.output_stride`={output_stride} is smaller than the stride of the stem "
+            f"({stem_stride}); use a value in {OUTPUT_STRIDES[1:]} of at least {stem_stride}."
+        )
+
+
+def _check_fits(input_shape: tuple, total_stride: int) -> None:
+    if any(dim is not None and dim < total_stride for dim in input_shape[:2]):
+        raise ValueError(
+            f"`ResNet.input_shape`={tuple(input_shape)} is too small for this network: height and "
+            f"width must be at least its total stride, {total_stride}."
+        )
 
 
 def _plan_stages(
@@ -53,6 +129,90 @@ def _plan_stages(
         stage = dict(strides=stage_stride, dilation=dilation, first_dilation=first_dilation, drop_path_rates=rates)
         plan.append((stage, stride))
     return plan
+
+
+def _make_stages(
+    block_spec: dict[str, Any],
+    stem_stride: int,
+    stage_blocks: Sequence[int],
+    stage_filters: Sequence[int],
+    stage_strides: Sequence[int],
+    downsample_block: str,
+    output_stride: int | None,
+    drop_path_rate: float,
+    policy: Any,
+) -> tuple[list[ResidualStage], dict[str, int]]:
+    """The stages `stage1`, ... and the stride of each one's feature map, keyed "C2", "C3", ..."""
+    check_unbound(ResidualStage, constructor_parameters(ResidualStage), "ResNet")
+    plan = _plan_stages(stem_stride, stage_blocks, stage_strides, output_stride, drop_path_rate)
+    stages, feature_strides = [], {}
+    for i, (num, filters, (stage_args, stride)) in enumerate(zip(stage_blocks, stage_filters, plan)):
+        stage = ResidualStage(
+            block_spec,
+            num_blocks=num,
+            filters=filters,
+            downsample_block=downsample_block,
+            name=f"stage{i + 1}",
+            dtype=policy,
+            **stage_args,
+        )
+        stages.append(stage)
+        feature_strides[f"C{i + 2}"] = stride // stage.strides if stage.downsamples_at_end else stride
+    return stages, feature_strides
+
+
+def _apply_stages(x: Any, stages: Sequence[ResidualStage]) -> tuple[Any, dict[str, Any]]:
+    """Runs `stages` on `x`; returns their output and each stage's feature map, keyed "C2", ...
+
+    A stage whose last block downsamples returns its feature map beside its output, so every
+    feature is a tensor of the one graph whichever block carries a stage's stride.
+    """
+    features = {}
+    for i, stage in enumerate(stages):
+        key = f"C{i + 2}"
+        if stage.downsamples_at_end:
+            features[key], x = stage(x, return_feature=True)
+        else:
+            x = features[key] = stage(x)
+    return x, features
+
+
+def _apply_post_activation(
+    x: Any, features: dict[str, Any], norm_spec: dict | None, activation: Any, policy: Any
+) -> Any:
+    """The final norm + activation of a pre-activation network, on the output and on the last
+    feature map (the same tensor unless the last stage's last block downsamples)."""
+    norm = make_norm(norm_spec, "post_norm", policy)
+    act = keras.layers.Activation(activation or "linear", name="post_act", dtype=policy)
+
+    def post(t):
+        return act(norm(t) if norm is not None else t)
+
+    last = f"C{len(features) + 1}"
+    feature_is_output = features[last] is x
+    x = post(x)
+    features[last] = x if feature_is_output else post(features[last])
+    return x
+
+
+def _apply_head(
+    x: Any,
+    include_top: bool,
+    pooling: str | None,
+    dropout_rate: float,
+    num_classes: int,
+    classifier_activation: Any,
+    policy: Any,
+) -> Any:
+    if include_top or pooling:
+        pool_cls = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+        x = pool_cls(name="pool", dtype=policy)(x)
+    if include_top:
+        if dropout_rate:
+            x = keras.layers.Dropout(dropout_rate, name="dropout", dtype=policy)(x)
+        # float32 whatever the policy: the logits and softmax of a mixed-precision network.
+        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
+    return x
 
 
 @register()
@@ -137,104 +297,40 @@ class ResNet(ArgsConfigMixin, keras.Model):
         dtype: Any = None,
         trainable: bool = True,
     ):
-        stage_blocks = check_int_sequence("ResNet.stage_blocks", stage_blocks)
-        n = len(stage_blocks)
-        if n == 0:
-            raise ValueError("`ResNet.stage_blocks` must list at least one stage; received ().")
-        stage_filters = check_int_sequence("ResNet.stage_filters", stage_filters, length=n)
-        stage_strides = check_int_sequence("ResNet.stage_strides", stage_strides, length=n)
-        check_choice("ResNet.downsample_block", downsample_block, DOWNSAMPLE_BLOCKS)
-        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
-            raise ValueError(f"`ResNet.width_multiplier` must be a positive number; received {width_multiplier!r}.")
-        check_choice("ResNet.output_stride", output_stride, OUTPUT_STRIDES)
-        check_rate("ResNet.drop_path_rate", drop_path_rate)
-        check_rate("ResNet.dropout_rate", dropout_rate)
-        check_choice("ResNet.pooling", pooling, POOLINGS)
-        if include_top and pooling is None:
-            raise ValueError("`ResNet.pooling` must be 'avg' or 'max' when `include_top` is True; received None.")
-        if include_top:
-            check_int("ResNet.num_classes", num_classes)
-        input_shape = self._check_input_shape(input_shape)
+        stage_blocks, stage_filters, stage_strides = _check_stage_layout(stage_blocks, stage_filters, stage_strides)
+        _check_options(downsample_block, width_multiplier, output_stride, drop_path_rate)
+        _check_head(include_top, pooling, dropout_rate, num_classes)
+        input_shape = _check_input_shape(input_shape)
         classifier_activation = serialize_activation(classifier_activation, "ResNet.classifier_activation")
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
-
         norm_spec = resolve_spec("norm", norm, "ResNet.norm")
         shared_settings = dict(
-            conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer),
+            check_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer),
             activation=serialize_activation(activation, "ResNet.activation"),
         )
-        block_spec = resolve_spec(
-            "block", block, "ResNet.block", overrides=dict(shared_settings, norm=norm_spec, preact=bool(preact)), owner="ResNet"
-        )
-        stem_overrides = dict(shared_settings, norm=None, activation=None) if preact else dict(shared_settings, norm=norm_spec)
-        stem_spec = resolve_spec("stem", stem, "ResNet.stem", overrides=stem_overrides, owner="ResNet")
+        block_spec, stem_spec = _resolve_block_and_stem(block, stem, norm_spec, shared_settings, bool(preact))
+
         stem_layer = build_from_spec("stem", stem_spec, name="stem", dtype=policy)
-        if output_stride is not None and output_stride < stem_layer.stride:
-            raise ValueError(
-                f"`ResNet.output_stride`={output_stride} is smaller than the stride of the stem "
-                f"({stem_layer.stride}); use a value in {OUTPUT_STRIDES[1:]} of at least {stem_layer.stride}."
-            )
+        _check_output_stride(output_stride, stem_layer.stride)
+        widths = [max(1, round(filters * width_multiplier)) for filters in stage_filters]
+        stages, feature_strides = _make_stages(
+            block_spec, stem_layer.stride, stage_blocks, widths, stage_strides, downsample_block, output_stride,
+            drop_path_rate, policy,
+        )
+        total_stride = stem_layer.stride * math.prod(stage.strides for stage in stages)
+        _check_fits(input_shape, total_stride)
 
-        check_unbound(ResidualStage, constructor_parameters(ResidualStage), "ResNet")
-        plan = _plan_stages(stem_layer.stride, stage_blocks, stage_strides, output_stride, drop_path_rate)
-        stages, feature_strides = [], {}
-        for i, (num, filters, (stage_args, stride)) in enumerate(zip(stage_blocks, stage_filters, plan)):
-            stages.append(
-                ResidualStage(
-                    block_spec,
-                    num_blocks=num,
-                    filters=max(1, round(filters * width_multiplier)),
-                    downsample_block=downsample_block,
-                    name=f"stage{i + 1}",
-                    dtype=policy,
-                    **stage_args,
-                )
-            )
-            # A stage whose last block downsamples has its feature map before that block.
-            downsamples_last = stages[-1].feature_block < num - 1
-            feature_strides[f"C{i + 2}"] = stride // stage_args["strides"] if downsamples_last else stride
-        self._min_size = stride
-        if any(dim is not None and dim < stride for dim in input_shape[:2]):
-            raise ValueError(
-                f"`ResNet.input_shape`={tuple(input_shape)} is too small for this network: height and "
-                f"width must be at least its total stride, {stride}."
-            )
-
-        inputs = keras.Input(shape=tuple(input_shape), name="images")
-        # The main path (x) and the feature path (f) share nodes until a stage whose feature map
-        # lies inside it (stride on its last block); from there the feature path has its own.
-        x = f = stem_layer(inputs)
-        features = {}
-        for key, stage in zip(feature_strides, stages):
-            shared = f is x
-            x = stage(x)
-            if stage.feature_block == stage.num_blocks - 1:
-                f = x if shared else stage(f)
-                features[key] = f
-            else:
-                features[key] = stage(f, part="head")
-                f = stage(features[key], part="tail")
+        inputs = keras.Input(shape=input_shape, name="images")
+        x, features = _apply_stages(stem_layer(inputs), stages)
         if preact:
-            post_norm = make_norm(norm_spec, "post_norm", policy)
-            post_act = keras.layers.Activation(shared_settings["activation"] or "linear", name="post_act", dtype=policy)
-
-            def post(t):
-                return post_act(post_norm(t) if post_norm is not None else t)
-
-            shared = f is x
-            x = post(x)
-            f = x if shared else post(f)
-            features[next(reversed(features))] = f
-        if include_top or pooling:
-            pool_cls = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-            x = pool_cls(name="pool", dtype=policy)(x)
-        if include_top:
-            if dropout_rate:
-                x = keras.layers.Dropout(dropout_rate, name="dropout", dtype=policy)(x)
-            x = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
-        super().__init__(inputs=inputs, outputs=x, name=name, dtype=policy, trainable=trainable)
+            x = _apply_post_activation(x, features, norm_spec, shared_settings["activation"], policy)
+        outputs = _apply_head(x, include_top, pooling, dropout_rate, num_classes, classifier_activation, policy)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=policy, trainable=trainable)
         # Inputs are checked in `call` with messages that name this model's settings.
         self.input_spec = None
+        self._min_size = total_stride
+        # The feature maps are tensors of the graph above; this model evaluates them.
+        self._feature_model = keras.Model(inputs, features, name=f"{name}_features")
 
         self.block = block_spec
         self.stage_blocks = stage_blocks
@@ -256,21 +352,6 @@ class ResNet(ArgsConfigMixin, keras.Model):
         self.classifier_activation = classifier_activation
         self.image_shape = input_shape
         self.feature_strides = feature_strides
-        # Shares this model's layers; kept out of Keras' tracking so weights are not counted twice.
-        object.__setattr__(self, "_feature_model", keras.Model(inputs, features, name=f"{name}_features"))
-
-    @staticmethod
-    def _check_input_shape(input_shape: Any) -> tuple:
-        if not isinstance(input_shape, Sequence) or len(input_shape) != 3:
-            raise ValueError(
-                f"`ResNet.input_shape` must be (height, width, channels); received {input_shape!r}."
-            )
-        height, width, channels = input_shape
-        check_int("ResNet.input_shape channels", channels)
-        for dim in (height, width):
-            if dim is not None:
-                check_int("ResNet.input_shape height/width", dim)
-        return tuple(input_shape)
 
     def _check_images(self, images: Any) -> None:
         shape = tuple(images.shape)

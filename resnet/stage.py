@@ -7,12 +7,11 @@ from typing import Any
 
 import keras
 
-from resnet.layers.sublayers import build_chain
+from resnet.layers.sublayers import build_chain, chain_output_shape
 from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec
 from resnet.validation import check_choice, check_int, check_rate
 
 DOWNSAMPLE_BLOCKS = ("first", "last")
-STAGE_PARTS = ("all", "head", "tail")
 
 
 @register()
@@ -33,6 +32,10 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
         downsample_block: Which block carries the stride: "first" (the paper, torchvision) or
             "last" (keras.applications' ResNetV2).
 
+    Called with `return_feature=True`, the stage returns `(feature, outputs)`: `feature` is its
+    feature map at its own resolution, the input of the last block when that block downsamples
+    (`downsamples_at_end`) and the outputs otherwise. `ResNet` taps its C2...C5 maps this way.
+
     Example:
 
     >>> stage = ResidualStage("bottleneck", num_blocks=3, filters=64)
@@ -46,6 +49,10 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
     >>> outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     >>> keras.Model(inputs, outputs).output_shape
     (None, 10)
+    >>> stage = ResidualStage("basic", num_blocks=2, filters=32, strides=2, downsample_block="last")
+    >>> feature, outputs = stage(keras.ops.ones((1, 16, 16, 32)), return_feature=True)
+    >>> tuple(feature.shape), tuple(outputs.shape)
+    ((1, 16, 16, 32), (1, 8, 8, 32))
     """
 
     spec_args = {"block": "block"}
@@ -83,10 +90,16 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
             )
         self.drop_path_rates = [check_rate("ResidualStage.drop_path_rates", r) for r in drop_path_rates]
 
+    @property
+    def downsamples_at_end(self) -> bool:
+        """Whether the last block reduces the resolution, so that the stage's feature map (at
+        its input resolution) is the input of that block rather than the stage output."""
+        return self.downsample_block == "last" and self.strides > 1
+
+    def build(self, input_shape):
         down = 0 if self.downsample_block == "first" else self.num_blocks - 1
         self.blocks = []
         for i in range(self.num_blocks):
-            before = i < down
             self.blocks.append(
                 build_from_spec(
                     "block",
@@ -94,48 +107,34 @@ class ResidualStage(ArgsConfigMixin, keras.layers.Layer):
                     filters=self.filters,
                     strides=self.strides if i == down else 1,
                     first_dilation=self.first_dilation if i <= down else self.dilation,
-                    dilation=self.first_dilation if before else self.dilation,
+                    dilation=self.first_dilation if i < down else self.dilation,
                     drop_path_rate=self.drop_path_rates[i],
                     name=f"block{i + 1}",
                     dtype=self.dtype_policy,
                 )
             )
-
-    @property
-    def feature_block(self) -> int:
-        """Index of the last block before the stage downsamples (-1: the stage input).
-
-        Its output is the stage's feature map at the stage's own resolution: the stage output
-        when the first block downsamples, the input of the last block when that one does.
-        """
-        if self.downsample_block == "last" and self.strides > 1:
-            return self.num_blocks - 2
-        return self.num_blocks - 1
-
-    def build(self, input_shape):
         build_chain(self.blocks, input_shape)
 
-    def _blocks(self, part: str) -> list:
-        split = self.feature_block + 1
-        return {"all": self.blocks, "head": self.blocks[:split], "tail": self.blocks[split:]}[part]
+    def _split(self) -> tuple[list, list]:
+        """The blocks up to the stage's feature map, and the rest (the downsampling last block)."""
+        split = self.num_blocks - 1 if self.downsamples_at_end else self.num_blocks
+        return self.blocks[:split], self.blocks[split:]
 
-    def call(self, inputs, training=None, part="all"):
-        """Runs the blocks; `part="head"` stops at the stage's feature map (see `feature_block`)
-        and `part="tail"` runs the rest, so a caller can tap the feature without recomputing."""
-        check_choice("part", part, STAGE_PARTS)
-        x = inputs
-        for block in self._blocks(part):
-            x = block(x, training=training)
-        return x
-
-    def _shape_after(self, input_shape, part: str):
-        shape = input_shape
-        for block in self._blocks(part):
-            shape = block.compute_output_shape(shape)
-        return shape
+    def call(self, inputs, training=None, return_feature=False):
+        to_feature, after_feature = self._split()
+        feature = inputs
+        for block in to_feature:
+            feature = block(feature, training=training)
+        outputs = feature
+        for block in after_feature:
+            outputs = block(outputs, training=training)
+        return (feature, outputs) if return_feature else outputs
 
     def compute_output_shape(self, input_shape):
-        return self._shape_after(input_shape, "all")
+        return chain_output_shape(self.blocks, input_shape)
 
-    def compute_output_spec(self, inputs, training=None, part="all"):
-        return keras.KerasTensor(self._shape_after(inputs.shape, part), dtype=self.compute_dtype)
+    def compute_output_spec(self, inputs, training=None, return_feature=False):
+        to_feature, after_feature = self._split()
+        feature_shape = chain_output_shape(to_feature, inputs.shape)
+        outputs = keras.KerasTensor(chain_output_shape(after_feature, feature_shape), dtype=self.compute_dtype)
+        return (keras.KerasTensor(feature_shape, dtype=self.compute_dtype), outputs) if return_feature else outputs

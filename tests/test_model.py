@@ -44,6 +44,43 @@ def test_features_of_last_block_downsampling_layout_keep_pyramid_strides():
     assert float(np.min(features["C5"])) >= 0.0
 
 
+@pytest.mark.parametrize(
+    "bindings",
+    [
+        ["ResNet.downsample_block = 'last'", "ResNet.stage_strides = (2, 2, 2, 1)"],
+        ["ResNet.downsample_block = 'last'", "ResNet.output_stride = 16"],
+        # The last stage downsamples in its last block: C5 is that block's input, after the final norm.
+        ["ResNet.downsample_block = 'last'", "ResNet.preact = True"],
+    ],
+)
+def test_feature_maps_have_the_strides_feature_strides_gives(bindings):
+    model = resnet.build("resnet18", bindings)
+    features = model.extract_features(images(batch=1, size=64))
+    assert {k: 64 // v.shape[1] for k, v in features.items()} == model.feature_strides
+
+
+def test_stage_returns_its_feature_map_beside_its_output():
+    stage = resnet.ResidualStage("basic", num_blocks=3, filters=8, strides=2, downsample_block="last")
+    x = images(size=8, channels=8)
+    feature, outputs = stage(x, return_feature=True)
+    np.testing.assert_array_equal(np.asarray(stage(x)), np.asarray(outputs))
+    expected = stage.blocks[1](stage.blocks[0](x))
+    np.testing.assert_allclose(np.asarray(feature), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    inputs = keras.Input((None, None, 8))
+    symbolic_feature, symbolic_outputs = stage(inputs, return_feature=True)
+    assert symbolic_feature.shape == (None, None, None, 8) and symbolic_outputs.shape == (None, None, None, 8)
+
+
+def test_rng_state_paths_are_scoped_and_repeatable():
+    def seed_paths():
+        model = resnet.build("cifar/resnet20", ["ResNet.drop_path_rate = 0.2"])
+        return [v.path for v in model.variables if "seed" in v.path]
+
+    first = seed_paths()
+    assert first == seed_paths()  # a second build in the same process names them alike
+    assert first[0] == "stage1/block2/drop_path/seed_generator/seed_generator_state" and len(first) == 8
+
+
 @pytest.mark.parametrize("output_stride, strides", [(16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))])
 def test_output_stride_dilates_instead_of_striding(output_stride, strides):
     model = resnet.build("resnet50", [f"ResNet.output_stride = {output_stride}"])

@@ -15,22 +15,23 @@ import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
 from resnet.layers.attention import SqueezeExcite
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
 from resnet.layers.normalization import make_norm
 from resnet.layers.regularization import DropPath
-from resnet.layers.sublayers import build_chain
+from resnet.layers.sublayers import build_chain, chain_output_shape
 from resnet.registry import ArgsConfigMixin, build_from_spec, register, resolve_spec
 from resnet.validation import check_choice, check_int, check_rate
 
 STRIDE_POSITIONS = ("1x1", "3x3")
 
 
-class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
+class ResidualBlock(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
     """Base class of the residual blocks: shortcut, norms, SE, drop path and activation.
 
     Subclasses define `output_channels` and `_branch()`, the residual branch as a list of
-    `(filters, kernel_size, strides, dilation, groups)`, one per conv, and call
-    `_make_layers()` at the end of their constructor. Arguments common to both blocks:
+    `(filters, kernel_size, strides, dilation, groups)`, one per conv, from which `build`
+    creates the layers. This constructor is `BasicBlock`'s; a subclass with arguments of its
+    own (`BottleneckBlock`) extends it and passes these on by keyword.
 
     Args:
         filters: Width of the block (the bottleneck's inner "planes"; output is
@@ -65,24 +66,24 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
     def __init__(
         self,
         filters: int,
-        strides: int,
-        dilation: int,
-        first_dilation: int | None,
-        groups: int,
-        shortcut: Any,
-        preact: bool,
-        norm: Any,
-        activation: Any,
-        se_ratio: float | None,
-        drop_path_rate: float,
-        zero_init_last: bool,
-        padding: str,
-        use_bias: bool | str,
-        kernel_initializer: Any,
-        kernel_regularizer: Any,
-        name: str | None,
-        dtype: Any,
-        trainable: bool,
+        strides: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        groups: int = 1,
+        shortcut: Any = "projection",
+        preact: bool = False,
+        norm: Any = "batch",
+        activation: Any = "relu",
+        se_ratio: float | None = None,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        padding: str = "symmetric",
+        use_bias: bool | str = False,
+        kernel_initializer: Any = DEFAULT_KERNEL_INITIALIZER,
+        kernel_regularizer: Any = None,
+        name: str | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
     ):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         cls = type(self).__name__
@@ -100,13 +101,20 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
         self.se_ratio = None if se_ratio is None else float(se_ratio)
         self.drop_path_rate = check_rate(f"{cls}.drop_path_rate", drop_path_rate)
         self.zero_init_last = bool(zero_init_last)
-        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
-        for setting, value in self.conv_settings.items():
-            setattr(self, setting, value)
-
-    def _make_layers(self) -> None:
-        """Creates the sublayers; called by subclasses once their own arguments are set."""
+        self._set_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
         self._act = get_activation(self.activation)
+        self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        """Checks that involve several of the arguments above; run at the end of this constructor."""
+
+    def build(self, input_shape):
+        first_groups = self._branch()[0][4]
+        if input_shape[-1] % first_groups:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: `groups`={first_groups} must divide the input "
+                f"channels, which are {input_shape[-1]}."
+            )
         self.shortcut_layer = build_from_spec(
             "shortcut",
             self.shortcut,
@@ -118,30 +126,7 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
             **self.conv_settings,
         )
         self.preact_norm = make_norm(self.norm, "preact_norm", self.dtype_policy) if self.preact else None
-        branch = self._branch()
-        self.convs, self.norms = [], []
-        for i, (filters, kernel_size, strides, dilation, groups) in enumerate(branch, start=1):
-            last = i == len(branch)
-            has_norm = self.norm is not None and not (last and self.preact)
-            zero_kernel = last and self.preact and self.zero_init_last
-            self.convs.append(
-                make_conv(
-                    filters,
-                    kernel_size,
-                    strides=strides,
-                    dilation=dilation,
-                    groups=groups,
-                    name=f"conv{i}",
-                    normalized=has_norm,
-                    dtype=self.dtype_policy,
-                    **(dict(self.conv_settings, kernel_initializer="zeros") if zero_kernel else self.conv_settings),
-                )
-            )
-            self.norms.append(
-                make_norm(self.norm, f"norm{i}", self.dtype_policy, zero_init=last and self.zero_init_last)
-                if has_norm
-                else None
-            )
+        self._make_branch()
         self.se = (
             SqueezeExcite(
                 self.se_ratio,
@@ -153,19 +138,33 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
             if self.se_ratio
             else None
         )
-        self.drop_path = DropPath(self.drop_path_rate, name="drop_path", dtype=self.dtype_policy) if self.drop_path_rate else None
-
-    def build(self, input_shape):
-        first_groups = self.convs[0].groups
-        if input_shape[-1] % first_groups:
-            raise ValueError(
-                f"{type(self).__name__} {self.name!r}: `groups`={first_groups} must divide the input "
-                f"channels, which are {input_shape[-1]}."
-            )
+        self.drop_path = (
+            DropPath(self.drop_path_rate, name="drop_path", dtype=self.dtype_policy) if self.drop_path_rate else None
+        )
         build_chain([self.shortcut_layer], input_shape)
         build_chain([self.preact_norm], input_shape)
         branch = [layer for pair in zip(self.convs, self.norms) for layer in pair]
-        build_chain(branch + [self.se], input_shape)
+        build_chain(branch + [self.se, self.drop_path], input_shape)
+
+    def _make_branch(self) -> None:
+        """Creates `convs` and `norms` (None where no norm follows a conv) from `_branch()`."""
+        branch = self._branch()
+        self.convs, self.norms = [], []
+        for i, (filters, kernel_size, strides, dilation, groups) in enumerate(branch, start=1):
+            last = i == len(branch)
+            has_norm = self.norm is not None and not (last and self.preact)
+            zero_kernel = {"kernel_initializer": "zeros"} if last and self.preact and self.zero_init_last else {}
+            self.convs.append(
+                self._make_conv(
+                    filters, kernel_size, f"conv{i}", normalized=has_norm, strides=strides, dilation=dilation,
+                    groups=groups, **zero_kernel,
+                )
+            )
+            self.norms.append(
+                make_norm(self.norm, f"norm{i}", self.dtype_policy, zero_init=last and self.zero_init_last)
+                if has_norm
+                else None
+            )
 
     def call(self, inputs, training=None):
         x = inputs
@@ -190,10 +189,7 @@ class ResidualBlock(ArgsConfigMixin, keras.layers.Layer):
         return x if self.preact else self._act(x)
 
     def compute_output_shape(self, input_shape):
-        shape = input_shape
-        for conv in self.convs:
-            shape = conv.compute_output_shape(shape)
-        return shape
+        return chain_output_shape(self.convs, input_shape)
 
 
 @register("block", "basic")
@@ -211,38 +207,11 @@ class BasicBlock(ResidualBlock):
     (1, 16, 16, 32)
     """
 
-    def __init__(
-        self,
-        filters: int,
-        strides: int = 1,
-        dilation: int = 1,
-        first_dilation: int | None = None,
-        groups: int = 1,
-        shortcut: Any = "projection",
-        preact: bool = False,
-        norm: Any = "batch",
-        activation: Any = "relu",
-        se_ratio: float | None = None,
-        drop_path_rate: float = 0.0,
-        zero_init_last: bool = False,
-        padding: str = "symmetric",
-        use_bias: bool | str = False,
-        kernel_initializer: Any = DEFAULT_KERNEL_INITIALIZER,
-        kernel_regularizer: Any = None,
-        name: str | None = None,
-        dtype: Any = None,
-        trainable: bool = True,
-    ):
-        super().__init__(
-            filters, strides, dilation, first_dilation, groups, shortcut, preact, norm, activation, se_ratio,
-            drop_path_rate, zero_init_last, padding, use_bias, kernel_initializer, kernel_regularizer,
-            name, dtype, trainable,
-        )
+    def _check_arguments(self) -> None:
         if self.filters % self.groups:
             raise ValueError(
                 f"`BasicBlock.groups`={self.groups} must divide the block width `filters`={self.filters}."
             )
-        self._make_layers()
 
     @property
     def output_channels(self) -> int:
@@ -302,9 +271,25 @@ class BottleneckBlock(ResidualBlock):
         trainable: bool = True,
     ):
         super().__init__(
-            filters, strides, dilation, first_dilation, groups, shortcut, preact, norm, activation, se_ratio,
-            drop_path_rate, zero_init_last, padding, use_bias, kernel_initializer, kernel_regularizer,
-            name, dtype, trainable,
+            filters=filters,
+            strides=strides,
+            dilation=dilation,
+            first_dilation=first_dilation,
+            groups=groups,
+            shortcut=shortcut,
+            preact=preact,
+            norm=norm,
+            activation=activation,
+            se_ratio=se_ratio,
+            drop_path_rate=drop_path_rate,
+            zero_init_last=zero_init_last,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            name=name,
+            dtype=dtype,
+            trainable=trainable,
         )
         self.base_width = check_int("BottleneckBlock.base_width", base_width)
         self.expansion = check_int("BottleneckBlock.expansion", expansion)
@@ -314,7 +299,6 @@ class BottleneckBlock(ResidualBlock):
                 f"`BottleneckBlock.base_width`={base_width} with filters={filters} gives a 3x3 width of 0; "
                 "the width per group is int(filters * base_width / 64) and must be >= 1."
             )
-        self._make_layers()
 
     @property
     def width(self) -> int:

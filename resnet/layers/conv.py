@@ -11,6 +11,8 @@ from resnet.validation import check_choice
 
 PADDINGS = ("same", "symmetric")
 BIAS_MODES = (True, False, "auto")
+# The network-wide conv settings: arguments of ResNet, the blocks, the shortcuts and the stems.
+CONV_SETTINGS = ("padding", "use_bias", "kernel_initializer", "kernel_regularizer")
 
 # torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 DEFAULT_KERNEL_INITIALIZER = {
@@ -74,10 +76,11 @@ class Conv2D(keras.layers.Conv2D):
     def _explicitly_padded_conv(self, inputs):
         """TensorFlow's convolution with the padding as an argument.
 
-        No padded copy of the input is kept from the forward pass to the backward pass (a pad
-        op's output would be: about 230 MiB at batch 32 for ResNet-50). TensorFlow's own
-        gradients of explicitly padded convolutions fall back to slow generic kernels, so the
-        gradient pads the input transiently and uses the VALID-padding kernels (oneDNN on CPU).
+        No padded copy of the input is kept from the forward pass to the backward pass, as a
+        pad op's output would be for every strided convolution. TensorFlow's own gradients of
+        explicitly padded convolutions fall back to generic kernels, so the gradient pads the
+        input transiently and uses the VALID-padding kernels (oneDNN on CPU). What this saves is
+        measured in benchmarks/RESULTS.md.
         """
         import tensorflow as tf
 
@@ -136,7 +139,7 @@ def make_conv(
     dilation: int = 1,
     groups: int = 1,
 ) -> Conv2D:
-    """Builds a convolution with the settings a block, stem or shortcut shares."""
+    """Builds a convolution from conv settings (see `check_conv_settings`)."""
     return Conv2D(
         filters,
         kernel_size,
@@ -152,12 +155,10 @@ def make_conv(
     )
 
 
-def conv_settings(padding: str, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any) -> dict[str, Any]:
-    """Validates the conv settings blocks, stems and shortcuts share; returns them serializable.
-
-    The keys are the argument names, so a layer can keep them as same-named attributes and
-    pass them on to `make_conv` or to the layers it owns.
-    """
+def check_conv_settings(
+    padding: Any, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any
+) -> dict[str, Any]:
+    """Validates the network-wide conv settings; returns them serializable, keyed by argument name."""
     check_choice("padding", padding, PADDINGS)
     check_choice("use_bias", use_bias, BIAS_MODES)
     return {
@@ -166,3 +167,29 @@ def conv_settings(padding: str, use_bias: Any, kernel_initializer: Any, kernel_r
         "kernel_initializer": serialize_value(keras.initializers.get(kernel_initializer)),
         "kernel_regularizer": serialize_value(keras.regularizers.get(kernel_regularizer)),
     }
+
+
+class ConvSettingsMixin:
+    """For layers whose convolutions follow the network-wide conv settings.
+
+    `padding`, `use_bias`, `kernel_initializer` and `kernel_regularizer` stay four constructor
+    arguments, so gin binds each by name (`ResNet.padding = 'same'`) and `get_config` stores
+    each under its own key. This mixin carries them for the layer: it validates them once,
+    keeps each in the same-named attribute (which `get_config` reads), hands them on to the
+    layers it owns (`conv_settings`) and builds convolutions with them (`_make_conv`).
+    """
+
+    def _set_conv_settings(self, padding: Any, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any) -> None:
+        for setting, value in check_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer).items():
+            setattr(self, setting, value)
+
+    @property
+    def conv_settings(self) -> dict[str, Any]:
+        """The four settings keyed by argument name, to pass on to an owned layer."""
+        return {setting: getattr(self, setting) for setting in CONV_SETTINGS}
+
+    def _make_conv(self, filters: int, kernel_size: int, name: str, *, normalized: bool, **options: Any) -> Conv2D:
+        """A convolution with this layer's settings and dtype policy; `options` are `make_conv`'s
+        `strides`, `dilation`, `groups`, or a `kernel_initializer` that replaces the setting."""
+        settings = {**self.conv_settings, **options}
+        return make_conv(filters, kernel_size, name=name, normalized=normalized, dtype=self.dtype_policy, **settings)

@@ -5,11 +5,12 @@ momentum 0.9). Bind `BatchNorm.momentum` / `BatchNorm.epsilon` (and likewise for
 classes) in gin to change them.
 
 On the TensorFlow backend, `BatchNorm` runs TensorFlow's fused batch-norm kernel: one op per
-call instead of Keras' separate moments, casts and arithmetic, with bfloat16/float16
-activations normalized against float32 statistics directly. It computes what
-`keras.layers.BatchNormalization` computes (same outputs, same moving-average updates) and is
-about twice as fast in training on CPU; other backends use the Keras implementation. This is
-the one place model code uses TensorFlow, and only when it is the backend.
+call instead of Keras' separate moments, casts and arithmetic passes over each activation, with
+bfloat16/float16 activations normalized against float32 statistics directly. It computes what
+`keras.layers.BatchNormalization` computes (same outputs, same moving-average updates); other
+backends use the Keras implementation. Model code calls TensorFlow only in such fast paths and
+only when it is the backend: here and in `resnet.layers.conv.Conv2D`'s explicitly padded
+convolution. What each saves is measured in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -39,7 +39,11 @@ class DropPath(ArgsConfigMixin, keras.layers.Layer):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.rate = check_rate("DropPath.rate", rate)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        # Created here, inside the layer's name scope, so the RNG state has a path of its own
+        # (`stage1/block2/drop_path/seed_generator/...`) whatever else the process has built.
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="seed_generator")
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:

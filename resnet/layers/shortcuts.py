@@ -20,14 +20,14 @@ from typing import Any
 
 import keras
 
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
 from resnet.layers.normalization import make_norm
 from resnet.layers.sublayers import build_chain
 from resnet.registry import ArgsConfigMixin, register, resolve_spec
 from resnet.validation import check_int
 
 
-class Shortcut(ArgsConfigMixin, keras.layers.Layer):
+class Shortcut(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
     """Base class: the arguments every shortcut receives from its block.
 
     Args:
@@ -63,9 +63,7 @@ class Shortcut(ArgsConfigMixin, keras.layers.Layer):
         self.filters = check_int(f"{type(self).__name__}.filters", filters)
         self.strides = check_int(f"{type(self).__name__}.strides", strides)
         self.norm = resolve_spec("norm", norm, f"{type(self).__name__}.norm")
-        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
-        for setting, value in self.conv_settings.items():
-            setattr(self, setting, value)
+        self._set_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
         self.projects = False
 
     def _reshapes(self, input_shape) -> bool:
@@ -164,7 +162,16 @@ class ProjectionShortcut(Shortcut):
         trainable: bool = True,
     ):
         super().__init__(
-            filters, strides, norm, padding, use_bias, kernel_initializer, kernel_regularizer, name, dtype, trainable
+            filters=filters,
+            strides=strides,
+            norm=norm,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer,
+            name=name,
+            dtype=dtype,
+            trainable=trainable,
         )
         self.always = bool(always)
         self.project_on_stride = bool(project_on_stride)
@@ -176,14 +183,8 @@ class ProjectionShortcut(Shortcut):
         if not self.projects:
             return
         self.pool = self._make_pool()
-        self.conv = make_conv(
-            self.filters,
-            1,
-            strides=1 if self.pool else self.strides,
-            name="conv",
-            normalized=self.norm is not None,
-            dtype=self.dtype_policy,
-            **self.conv_settings,
+        self.conv = self._make_conv(
+            self.filters, 1, "conv", normalized=self.norm is not None, strides=1 if self.pool else self.strides
         )
         self.norm_layer = make_norm(self.norm, "norm", self.dtype_policy)
         build_chain([self.pool, self.conv, self.norm_layer], input_shape)

@@ -7,15 +7,15 @@ from typing import Any
 import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, conv_settings, make_conv
+from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
 from resnet.layers.normalization import make_norm
-from resnet.layers.sublayers import build_chain
+from resnet.layers.sublayers import build_chain, chain_output_shape
 from resnet.registry import ArgsConfigMixin, register, resolve_spec
 from resnet.validation import check_int, check_int_sequence
 
 
 @register("stem", "classic")
-class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
+class ClassicStem(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
     """A chain of convolutions (each followed by norm and activation), then a 3x3/2 max pool.
 
     The defaults give the stem of the paper and torchvision: 7x7/2 conv with 64 filters, norm,
@@ -75,32 +75,8 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
         self.pool = bool(self.default_pool if pool is None else pool)
         self.norm = resolve_spec("norm", norm, f"{cls}.norm")
         self.activation = serialize_activation(activation, f"{cls}.activation")
-        self.conv_settings = conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
-        for setting, value in self.conv_settings.items():
-            setattr(self, setting, value)
-
+        self._set_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer)
         self._act = get_activation(self.activation)
-        self.convs, self.norms = [], []
-        for i, width in enumerate(self.widths, start=1):
-            self.convs.append(
-                make_conv(
-                    width,
-                    self.kernel_size,
-                    strides=self.strides if i == 1 else 1,
-                    name=f"conv{i}",
-                    normalized=self.norm is not None,
-                    dtype=self.dtype_policy,
-                    **self.conv_settings,
-                )
-            )
-            self.norms.append(make_norm(self.norm, f"norm{i}", self.dtype_policy))
-        self.pool_layer = (
-            keras.layers.MaxPooling2D(
-                3, strides=2, padding="valid" if padding == "symmetric" else "same", name="pool", dtype=self.dtype_policy
-            )
-            if self.pool
-            else None
-        )
 
     @property
     def stride(self) -> int:
@@ -111,6 +87,20 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
         return keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]) if self.padding == "symmetric" else x
 
     def build(self, input_shape):
+        self.convs, self.norms = [], []
+        for i, width in enumerate(self.widths, start=1):
+            conv = self._make_conv(
+                width, self.kernel_size, f"conv{i}", normalized=self.norm is not None, strides=self.strides if i == 1 else 1
+            )
+            self.convs.append(conv)
+            self.norms.append(make_norm(self.norm, f"norm{i}", self.dtype_policy))
+        # Symmetric padding pads the pool's input with zeros in `call` (see `_pad_for_pool`).
+        pool_padding = "valid" if self.padding == "symmetric" else "same"
+        self.pool_layer = (
+            keras.layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool", dtype=self.dtype_policy)
+            if self.pool
+            else None
+        )
         build_chain([layer for pair in zip(self.convs, self.norms) for layer in pair], input_shape)
 
     def call(self, inputs, training=None):
@@ -125,9 +115,7 @@ class ClassicStem(ArgsConfigMixin, keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        shape = input_shape
-        for conv in self.convs:
-            shape = conv.compute_output_shape(shape)
+        shape = chain_output_shape(self.convs, input_shape)
         if self.pool_layer is None:
             return shape
         if self.padding == "symmetric":

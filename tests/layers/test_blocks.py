@@ -18,6 +18,9 @@ def test_stride_placement(stride_on, conv1, conv2):
 def test_resnext_and_wide_widths():
     resnext = resnet.BottleneckBlock(128, groups=32, base_width=4)
     wide = resnet.BottleneckBlock(128, base_width=128)
+    assert resnext.width == wide.width == 256
+    resnext.build((None, 8, 8, 512))
+    wide.build((None, 8, 8, 512))
     assert [c.filters for c in resnext.convs] == [256, 256, 512] and resnext.convs[1].groups == 32
     assert [c.filters for c in wide.convs] == [256, 256, 512] and wide.convs[1].groups == 1
 
@@ -34,8 +37,9 @@ def test_post_activation_block_computes_relu_of_branch_plus_shortcut():
 def test_plain_block_has_no_shortcut():
     block = resnet.BasicBlock(8, norm="none", shortcut="none")
     x = images(size=8, channels=8)
+    out = np.asarray(block(x))
     branch = block.convs[1](np.maximum(np.asarray(block.convs[0](x)), 0.0))
-    np.testing.assert_allclose(np.asarray(block(x)), np.maximum(np.asarray(branch), 0.0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, np.maximum(np.asarray(branch), 0.0), rtol=1e-5, atol=1e-5)
     assert not block.shortcut_layer.weights
 
 
