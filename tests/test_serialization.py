@@ -7,10 +7,13 @@ import pytest
 import tensorflow as tf
 
 import resnet
-from conftest import images, randomize_norms, relative_error
+from conftest import images, marked_slow, randomize_norms, relative_error
+
+# In the quick loop: the CIFAR ResNet-20 family and ResNet-18; every other config is `slow`.
+QUICK = ("cifar/resnet20", "cifar/resnet20_b", "cifar/resnet20_c", "cifar/plain20", "resnet18")
 
 
-@pytest.mark.parametrize("name", resnet.available_configs())
+@pytest.mark.parametrize("name", marked_slow(resnet.available_configs(), lambda name: name not in QUICK))
 def test_keras_save_load_and_export_round_trip(name, tmp_path):
     model = resnet.build(name)
     randomize_norms(model)

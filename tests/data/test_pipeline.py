@@ -103,6 +103,7 @@ def test_resumed_epoch_is_the_tail_of_the_full_epoch_bit_for_bit(tmp_path, kind,
     assert batches(pipe.train(epoch=2, skip_steps=7)) == []
 
 
+@pytest.mark.slow
 def test_resumed_tfrecord_epoch_with_augmentation_is_the_tail_and_cache_changes_nothing(tmp_path):
     source = tfrecord_source(tmp_path)
     prep = Preprocessing(**IMAGENET)
@@ -127,6 +128,7 @@ def test_a_fresh_pipeline_resumed_at_any_step_gives_the_tail_of_the_epoch(cache)
         assert epoch_labels(pipeline(), epoch=5, skip_steps=skip) == full[4 * skip:]
 
 
+@pytest.mark.slow
 def test_resume_skips_a_corrupt_tfrecord_before_the_resume_point_without_decoding_it(tmp_path):
     (tmp_path / "clean").mkdir()
     (tmp_path / "corrupt").mkdir()

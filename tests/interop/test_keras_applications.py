@@ -49,6 +49,7 @@ def test_keras_applications_weights_match_numerically(name):
     assert_matches(ours, taps, images(batch=2, size=64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["keras_resnet50", "keras_resnet50_v2"])
 def test_keras_applications_weights_load_from_weights_h5_and_legacy_h5(name, tmp_path):
     import h5py
