@@ -249,7 +249,8 @@ class ResNet(ArgsConfigMixin, keras.Model):
         padding: "symmetric" (PyTorch, default) or "same" (TensorFlow).
         use_bias: Conv bias: True, False, or "auto" (only on convs no norm follows).
         kernel_initializer: Conv kernel initializer (default: torchvision's He normal, fan out).
-        kernel_regularizer: Conv kernel regularizer.
+        kernel_regularizer: Conv kernel regularizer, for training with Keras' `fit`; the
+            trainer refuses it (its weight decay is `Trainer.weight_decay`).
         include_top: Whether to add the pooling + classifier head.
         pooling: Global pooling, "avg" or "max"; without the top, None returns the C5 map.
         dropout_rate: Dropout before the classifier.
