@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from report import machine, write_results
 
 flags.DEFINE_string("config", "cifar/resnet20", "A shipped model config name or a .gin file.")
 flags.DEFINE_integer("batch_size", 128, "Images per step.")
@@ -64,17 +65,6 @@ def probe(deterministic: bool) -> float:
     return FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
 
 
-def cpu_model() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in output.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv):
     del argv
     if FLAGS.probe:
@@ -98,8 +88,7 @@ def main(argv):
     results = {
         "config": FLAGS.config, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size,
         "steps": FLAGS.steps, "repeats": FLAGS.repeats,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__},
+        "machine": machine(tensorflow=tf.__version__),
     }
     for setting, values in rates.items():
         results[setting] = {"images_per_second": round(statistics.median(values), 2),
@@ -112,10 +101,7 @@ def main(argv):
         entry = results[setting]
         print(f"  {setting:14s} {entry['images_per_second']:8.2f} img/s ({entry['min']:.2f}-{entry['max']:.2f})")
     print(f"  deterministic / default: {results['deterministic_vs_default']:.3f}x")
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-    print(json.dumps(results))
+    write_results(results, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ consumes, and their ratio (the pipeline should deliver at least 3x).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
 import time
 
 from absl import app, flags
+
+from report import write_results
 
 flags.DEFINE_integer("demo_batch_size", 64, "Batch size of the demo case (as in experiments/demo).")
 flags.DEFINE_integer("tfrecord_batch_size", 32, "Batch size of the TFRecord case.")
@@ -134,10 +135,7 @@ def main(argv):
                     steps_per_epoch=FLAGS.pipeline_batches,
                 )
                 results["tfrecord"] = measure("tfrecord", trainer)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-    print(json.dumps(results))
+    write_results(results, FLAGS.json)
 
 
 if __name__ == "__main__":

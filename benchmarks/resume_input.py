@@ -18,15 +18,15 @@ are compared with a plain parallel parse-and-decode of the same shards.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 
 from absl import app, flags
+
+from report import machine, write_results
 
 flags.DEFINE_integer("images", 3000, "JPEG images written to the TFRecord shards.")
 flags.DEFINE_integer("shards", 8, "Shards to write.")
@@ -149,15 +149,6 @@ def measure_decode(source, files: list[str]) -> dict:
     return result
 
 
-def cpu_model() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name:")]
-    return names[0] if names else platform.processor() or "unknown"
-
-
 def main(argv):
     del argv
     import numpy as np
@@ -176,8 +167,7 @@ def main(argv):
         "images": FLAGS.images, "shards": FLAGS.shards, "batch_size": FLAGS.batch_size,
         "image_size": FLAGS.image_size, "steps_per_epoch": steps, "resume_step": resume_step,
         "resume_fraction": FLAGS.resume_fraction, "repeats": FLAGS.repeats,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__, "numpy": np.__version__},
+        "machine": machine(tensorflow=tf.__version__, numpy=np.__version__),
         "shuffle_buffers": {},
     }
     print(f"{results['machine']['cpu']} ({os.cpu_count()} cores), Python {platform.python_version()}, "
@@ -207,10 +197,7 @@ def main(argv):
             decode = results["decode"]
             print(f"decoding the split: {decode['checked_images_per_second']} img/s with the corrupt-record checks, "
                   f"{decode['plain_images_per_second']} img/s without: {decode['checked_vs_plain']:.3f}x", flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-    print(json.dumps(results))
+    write_results(results, FLAGS.json)
 
 
 if __name__ == "__main__":

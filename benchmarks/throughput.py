@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import sys
 import time
 
 from absl import app, flags
+
+from report import machine, write_results
 
 flags.DEFINE_string("config", "resnet50", "A shipped config name or a .gin file.")
 flags.DEFINE_enum("mode", "inference", ["inference", "train"], "What to time.")
@@ -194,8 +195,7 @@ def main(argv):
         "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
         "jit_compile": FLAGS.jit_compile,
         "matmul_peak_gflops": round(peak, 1), "models": {},
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": machine(tensorflow=tf.__version__, keras=keras.__version__),
     }
     for (name, precision), values in rates.items():
         median, low, high = median_and_spread(values)
@@ -223,21 +223,7 @@ def main(argv):
         results["matmul_peak_float32_gflops"] = round(matmul_peak("float32"), 1)
         results["matmul_peak_ratio_vs_float32"] = round(peak / results["matmul_peak_float32_gflops"], 3)
     _print_report(results)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-    print(json.dumps(results))
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    write_results(results, FLAGS.json)
 
 
 def _print_report(results) -> None:
