@@ -45,7 +45,63 @@ def _check_triple(argument: str, value: object, positive: bool = False) -> tuple
 
 
 def _resize(images: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
-    return tf.image.resize(images, tf.stack([height, width]), method="bilinear", antialias=True)
+    """Bilinear resize with antialiasing of uint8 or float images [..., H, W, C] to float32.
+
+    The numbers of `tf.image.resize(..., "bilinear", antialias=True)` (up to float rounding),
+    built from gathers, multiplies and sums instead of its `ScaleAndTranslate` kernel, which
+    neither TFLite's builtin ops nor ONNX have: an exported serving graph converts to both.
+    """
+    images = tf.cast(images, tf.float32)
+    rank = images.shape.rank
+    for axis, size in ((rank - 3, height), (rank - 2, width)):
+        if isinstance(size, int) and images.shape[axis] == size:
+            continue  # resizing to the same length copies exactly; a static graph need not do it
+        index, weight = _resize_taps(tf.shape(images)[axis], size)
+        weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([rank - 1 - axis], tf.int32)], 0))
+        images = tf.reduce_sum(tf.gather(images, index, axis=axis) * weight, axis=axis + 1)
+    return images
+
+
+def resize_to_fill(images: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """uint8 images [..., H, W, 3] scaled (keeping their aspect ratio) to cover `height` x
+    `width`, centre-cropped to it, and rounded back to uint8: what a camera app or a batch job
+    would feed a model with a fixed input size.
+
+    >>> resize_to_fill(tf.zeros([300, 400, 3], tf.uint8), 224, 224).shape
+    TensorShape([224, 224, 3])
+    """
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    source_height, source_width = tf.cast(shape[-3], tf.float64), tf.cast(shape[-2], tf.float64)
+    scale = tf.maximum(height / source_height, width / source_width)
+    scaled_height = tf.maximum(height, tf.cast(tf.math.ceil(source_height * scale - 1e-6), tf.int32))
+    scaled_width = tf.maximum(width, tf.cast(tf.math.ceil(source_width * scale - 1e-6), tf.int32))
+    scaled = _resize(images, scaled_height, scaled_width)
+    top, left = (scaled_height - height) // 2, (scaled_width - width) // 2
+    cropped = scaled[..., top : top + height, left : left + width, :]
+    pixels = tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+    return tf.ensure_shape(pixels, images.shape[:-3] + [height, width, 3])
+
+
+def _resize_taps(length: tf.Tensor, size: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Source indices and weights, both [size, taps], of a bilinear antialiased resize of one axis.
+
+    Output pixel `i` samples the source at `(i + 0.5) * length / size`; each source pixel within
+    the triangle filter's support weighs `1 - distance / kernel_scale`, normalized to sum to 1.
+    When shrinking, `kernel_scale = length / size` widens the filter so that every source pixel
+    contributes (the antialiasing); when enlarging it is 1, plain bilinear interpolation. Taps
+    past the image's end get weight 0 (their index is clamped only to keep the gather in range).
+    """
+    length_float = tf.cast(length, tf.float32)
+    inverse_scale = 1.0 / (tf.cast(size, tf.float32) / length_float)
+    kernel_scale = tf.maximum(inverse_scale, 1.0)
+    taps = tf.minimum(2 * tf.cast(tf.math.ceil(kernel_scale), tf.int32) + 1, length)
+    sample = (tf.range(size, dtype=tf.float32) + 0.5) * inverse_scale
+    start = tf.clip_by_value(tf.cast(tf.math.ceil(sample - kernel_scale - 0.5), tf.int32), 0, length - 1)
+    index = start[:, None] + tf.range(taps)[None, :]
+    distance = (tf.cast(index, tf.float32) + 0.5 - sample[:, None]) / kernel_scale
+    weight = tf.maximum(0.0, 1.0 - tf.abs(distance)) * tf.cast(index < length, tf.float32)
+    return tf.minimum(index, length - 1), weight / tf.reduce_sum(weight, axis=1, keepdims=True)
 
 
 @gin.configurable(module="resnet")
@@ -116,6 +172,14 @@ class Preprocessing:
             raise ValueError(f"`crop_fraction` must be a number in (0, 1]; received {crop_fraction!r}.")
         self.crop_fraction = float(crop_fraction)
 
+    @property
+    def serving_size(self) -> tuple[int, int]:
+        """The image size (height, width) that the evaluation preprocessing takes without resizing:
+        `image_size` square, or for "imagenet" the square whose centre crop it is
+        (`round(image_size / crop_fraction)`). Exports with a fixed input size use it."""
+        side = round(self.image_size / self.crop_fraction) if self.recipe == "imagenet" else self.image_size
+        return side, side
+
     def train(self, image: tf.Tensor, seed: tf.Tensor | Sequence[int] | None = None) -> tf.Tensor:
         """Randomly augments one uint8 image [H, W, 3] into float32 [image_size, image_size, 3].
 
@@ -181,12 +245,16 @@ class Preprocessing:
             return self._normalize(self._resize_if_needed(images))
         size = self.image_size
         shape = tf.shape(images)
-        height, width = shape[-3], shape[-2]
+        # Static sizes where known, so a fixed-size serving graph resizes only what it must.
+        height = images.shape[-3] if images.shape[-3] is not None else shape[-3]
+        width = images.shape[-2] if images.shape[-2] is not None else shape[-2]
         target = round(size / self.crop_fraction)
-        shorter = tf.minimum(height, width)
-        resized = _resize(images, target * height // shorter, target * width // shorter)
-        top = (target * height // shorter - size) // 2
-        left = (target * width // shorter - size) // 2
+        static = isinstance(height, int) and isinstance(width, int)
+        shorter = min(height, width) if static else tf.minimum(height, width)
+        resized_height, resized_width = target * height // shorter, target * width // shorter
+        resized = _resize(images, resized_height, resized_width)
+        top = (resized_height - size) // 2
+        left = (resized_width - size) // 2
         cropped = resized[..., top : top + size, left : left + size, :]
         return self._normalize(tf.ensure_shape(cropped, images.shape[:-3] + [size, size, 3]))
 

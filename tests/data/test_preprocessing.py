@@ -178,3 +178,38 @@ def test_preprocessing_is_gin_configurable():
     """)
     prep = Preprocessing()
     assert (prep.recipe, prep.image_size, prep.std) == ("imagenet", 64, (1.0, 2.0, 3.0))
+
+
+def test_resizing_gives_tf_image_resize_antialias_numbers_from_convertible_ops():
+    from resnet.data.preprocessing import _resize
+
+    rng = np.random.default_rng(3)
+    for height, width, new_height, new_width in [(37, 50, 24, 24), (20, 30, 45, 61), (300, 17, 31, 40), (5, 5, 5, 5)]:
+        images = tf.constant(rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8))
+        expected = tf.image.resize(images, [new_height, new_width], method="bilinear", antialias=True).numpy()
+        np.testing.assert_allclose(_resize(images, new_height, new_width).numpy(), expected, atol=1e-3)
+        np.testing.assert_allclose(_resize(images[0], new_height, new_width).numpy(), expected[0], atol=1e-3)
+    for recipe in ("cifar", "imagenet", "none"):
+        serve = tf.function(Preprocessing(recipe, image_size=24).serve)
+        graph = serve.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.uint8)).graph
+        ops = {op.type for op in graph.get_operations()}
+        assert "GatherV2" in ops and not ops & {"ScaleAndTranslate", "ResizeBilinear"}, ops
+
+
+def test_a_fixed_size_serving_graph_resizes_only_what_it_must():
+    prep = Preprocessing("imagenet", image_size=24, crop_fraction=0.75)
+    assert prep.serving_size == (32, 32) and Preprocessing("cifar", image_size=24).serving_size == (24, 24)
+    for size, resizes in (((32, 32), False), ((32, 40), False), ((30, 40), True), ((48, 48), True)):
+        graph = tf.function(prep.serve).get_concrete_function(tf.TensorSpec([None, *size, 3], tf.uint8)).graph
+        assert ("GatherV2" in {op.type for op in graph.get_operations()}) == resizes, size
+        batch = tf.stack([image(*size, seed=s) for s in range(2)])
+        np.testing.assert_array_equal(prep.serve(batch).numpy()[1], prep.eval(batch[1]).numpy())
+
+
+def test_resize_to_fill_keeps_the_aspect_ratio_and_crops_the_centre():
+    from resnet.data.preprocessing import resize_to_fill
+
+    original = image(20, 40)
+    np.testing.assert_array_equal(resize_to_fill(original, 20, 20).numpy(), original.numpy()[:, 10:30])
+    assert resize_to_fill(tf.stack([original] * 2), 10, 30).shape == (2, 10, 30, 3)
+    assert resize_to_fill(original, 10, 30).dtype == tf.uint8
