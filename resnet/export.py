@@ -1,9 +1,14 @@
-"""`resnet-export`: writes a servable SavedModel (uint8 images in, probabilities out) and a `.keras` file.
+"""`resnet-export`: writes a trained run's model for serving, with its preprocessing inside.
 
     resnet-export --model_dir=runs/demo-20260101-120000 --output=exports/demo [--checkpoint=best]
+                  [--formats=saved_model,tflite,onnx] [--quantize=int8,float16]
 
-Runs on one device whatever strategy the run trained with; `--model_dir` and `--output` may be
-local paths or TensorFlow file system URIs.
+Every format takes uint8 RGB images and returns probabilities and classes: `saved_model/` and
+`model.onnx` for any image size, `model.tflite` (and `model_int8.tflite`, `model_float16.tflite`)
+for one fixed size, by default the one the run's evaluation preprocessing takes without
+resizing. Each file is loaded in its runtime and checked against the Keras model before the
+export is reported done. Runs on one device whatever strategy the run trained with;
+`--model_dir` and `--output` may be local paths or TensorFlow file system URIs.
 """
 
 from __future__ import annotations
@@ -11,23 +16,56 @@ from __future__ import annotations
 from absl import app, flags
 
 from resnet import cli
-from resnet.training.serving import export_for_serving
+from resnet.training import deploy
+from resnet.training.serving import CALIBRATION_IMAGES, export_for_serving
 
 flags.DEFINE_string("model_dir", None, "Directory of a run written by resnet-train.", required=True)
 flags.DEFINE_string("output", None, "Directory to create for the export.", required=True)
 flags.DEFINE_string("checkpoint", "best", "'best', 'backup' (the latest), 'checkpoints' or a checkpoint path.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
+flags.DEFINE_list("formats", ["saved_model"], f"Formats to write, any of {', '.join(deploy.FORMATS)}.")
+flags.DEFINE_list(
+    "quantize", [], f"Quantized TFLite models to add (needs tflite in --formats), any of {', '.join(deploy.QUANTIZATIONS)}."
+)
+flags.DEFINE_integer("calibration_images", CALIBRATION_IMAGES, "Training images that calibrate an int8 model.")
+flags.DEFINE_list(
+    "tflite_input_size", None, "HEIGHT,WIDTH (or one number) of the TFLite models' images; default: the run's "
+    "evaluation size (the image_size, or for the imagenet recipe the size whose centre crop it is)."
+)
 cli.define_gin_param_flag()
 FLAGS = flags.FLAGS
 
 
+def _input_size(values: list[str] | None) -> tuple[int, int] | None:
+    if values is None:
+        return None
+    try:
+        numbers = [int(value) for value in values]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) <= 0:
+        raise ValueError(f"`--tflite_input_size` must be HEIGHT,WIDTH or one size, positive integers; received {','.join(values)!r}.")
+    return (numbers[0], numbers[-1])
+
+
 def main(argv: list[str]) -> None:
     del argv
+    size = _input_size(FLAGS.tflite_input_size)
     trainer, model, _, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
     output = export_for_serving(
-        model, trainer.preprocessing, FLAGS.output, from_logits=trainer.from_logits, overwrite=FLAGS.overwrite
+        model,
+        trainer.preprocessing,
+        FLAGS.output,
+        from_logits=trainer.from_logits,
+        overwrite=FLAGS.overwrite,
+        formats=FLAGS.formats,
+        quantize=FLAGS.quantize,
+        data=trainer.data,
+        calibration_images=FLAGS.calibration_images,
+        tflite_input_size=size,
+        progress=lambda line: print(line, flush=True),
     )
-    print(f"Exported {path} to {output}/saved_model and {output}/model.keras", flush=True)
+    print(f"Exported {path} to {output}/ ({', '.join(FLAGS.formats)}, model.keras; see export.json)", flush=True)
 
 
 def run() -> None:

@@ -1,15 +1,27 @@
-"""Exporting a trained model for serving: uint8 images in, probabilities and classes out."""
+"""Exporting a trained model for serving: uint8 images in, probabilities and classes out.
+
+The formats and how each is converted and checked are in `resnet.training.deploy`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from resnet.data.preprocessing import Preprocessing
+from resnet.data.base import DataSource
+from resnet.data.preprocessing import Preprocessing, resize_to_fill
+from resnet.training import deploy
 from resnet.training.rundir import join, local_path
+from resnet.validation import check_int
+
+CHECK_IMAGES = 16
+CALIBRATION_IMAGES = 256
 
 
 def export_for_serving(
@@ -18,13 +30,30 @@ def export_for_serving(
     output: str | os.PathLike,
     from_logits: bool = True,
     overwrite: bool = False,
+    formats: Sequence[str] = ("saved_model",),
+    quantize: Sequence[str] = (),
+    data: DataSource | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    tflite_input_size: Sequence[int] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
-    """Writes a SavedModel with preprocessing inside, and the model as `model.keras`, to `output`.
+    """Writes the model with its preprocessing inside in each of `formats`, and `model.keras`, to `output`.
 
-    The SavedModel's `serve` endpoint (also its `serving_default` signature) takes a batch of
-    uint8 RGB images of any size, `[batch, height, width, 3]`, applies the evaluation
-    preprocessing (resize, crop, normalize) and returns `{"probabilities": [batch, classes],
-    "classes": [batch]}`. `model.keras` holds the bare network (float inputs, no preprocessing).
+    Every format takes a batch of uint8 RGB images, `[batch, height, width, 3]`, applies the
+    evaluation preprocessing (resize, crop, normalize) and returns `{"probabilities": [batch,
+    classes], "classes": [batch]}`:
+
+    * "saved_model" -> `saved_model/`: the `serve` endpoint (also `serving_default`), any image size.
+    * "onnx" -> `model.onnx`: any image size (needs the `onnx` extra: tf2onnx, onnxruntime).
+    * "tflite" -> `model.tflite`, and `model_<q>.tflite` for each of `quantize` ("int8": full
+      integer, calibrated on `calibration_images` training images of `data`, input still uint8;
+      "float16": float16 weights): builtin ops only, images of `tflite_input_size`, by default
+      `preprocessing.serving_size`.
+
+    `model.keras` holds the bare network (float inputs, no preprocessing). Each file written is
+    loaded in its runtime and checked against the Keras model on `CHECK_IMAGES` images (the
+    first of `data`'s eval split, or seeded random images without `data`), and dynamic-size
+    formats also at a second size; `export.json` lists the files with what was measured.
 
     `output` is a local path or any TensorFlow file system URI (`gs://...`, `ram://...`); all
     is written through `tf.io.gfile`. The export is written to a staging directory beside
@@ -43,10 +72,28 @@ def export_for_serving(
         output: Directory to create.
         from_logits: Whether the model returns logits (softmax is applied) or probabilities.
         overwrite: Replace an existing `output`; otherwise an existing one is an error.
+        formats: Any of "saved_model", "tflite", "onnx".
+        quantize: Quantized TFLite variants to add, any of "int8", "float16" (needs "tflite").
+        data: The run's data source: calibration and check images.
+        calibration_images: How many training images calibrate an int8 model.
+        tflite_input_size: (height, width) of the TFLite models' images.
+        progress: Called with a line of text as each step starts and ends.
 
     Returns:
         The output directory.
+
+    Raises:
+        ValueError: A bad argument (named), or `deploy.ExportError`: a format that cannot hold
+            the graph (the ops named) or a file that does not reproduce the model. Nothing is
+            left behind.
     """
+    formats, quantize = _check_formats(formats, quantize)
+    calibration_images = check_int("calibration_images", calibration_images)
+    if "int8" in quantize and data is None:
+        raise ValueError("int8 quantization calibrates on training images: pass the run's `data`.")
+    size = tuple(tflite_input_size) if tflite_input_size is not None else preprocessing.serving_size
+    if len(size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
+        raise ValueError(f"`tflite_input_size` must be (height, width), two positive integers; received {size!r}.")
     output = os.fspath(output).rstrip("/")
     if tf.io.gfile.exists(output) and not overwrite:
         raise ValueError(f"`--output` {output!r} already exists; choose a new directory or pass --overwrite.")
@@ -56,7 +103,8 @@ def export_for_serving(
     staging = join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
     tf.io.gfile.makedirs(staging)
     try:
-        _write(model, preprocessing, staging, from_logits)
+        exporter = _Exporter(model, preprocessing, staging, from_logits, data, size, progress or (lambda line: None))
+        exporter.write(formats, quantize, calibration_images)
         if tf.io.gfile.exists(output):
             tf.io.gfile.rmtree(output)
         _move_tree(staging, output)
@@ -66,18 +114,105 @@ def export_for_serving(
     return output
 
 
-def _write(model: keras.Model, preprocessing: Preprocessing, directory: str, from_logits: bool) -> None:
-    def serve(images):
-        logits = model(preprocessing.serve(images), training=False)
-        logits = tf.cast(logits, tf.float32)
-        probabilities = tf.nn.softmax(logits) if from_logits else logits
-        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+def _check_formats(formats: Sequence[str], quantize: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    for argument, values, allowed in (("formats", formats, deploy.FORMATS), ("quantize", quantize, deploy.QUANTIZATIONS)):
+        if isinstance(values, str) or any(value not in allowed for value in values):
+            raise ValueError(
+                f"`{argument}` must be a list of {', '.join(map(repr, allowed))}; received {values!r}."
+            )
+    if not formats:
+        raise ValueError(f"`formats` is empty; name one or more of {', '.join(map(repr, deploy.FORMATS))}.")
+    if quantize and "tflite" not in formats:
+        raise ValueError(f"`quantize` {list(quantize)} makes TFLite models: add 'tflite' to `formats` {list(formats)}.")
+    if "onnx" in formats:
+        deploy.require_onnx()
+    return tuple(dict.fromkeys(formats)), tuple(dict.fromkeys(quantize))
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    archive.write_out(join(directory, "saved_model"), verbose=False)
-    model.save(join(directory, "model.keras"))
+
+class _Exporter:
+    """Writes the formats into a staging directory, checking each file as it is written."""
+
+    def __init__(self, model, preprocessing, directory, from_logits, data, size, progress):
+        self.model, self.directory, self.data, self.size, self.progress = model, directory, data, size, progress
+        self.serve = deploy.serving_function(model, preprocessing, from_logits)
+        self.images = self._check_images()
+        # Dynamic-size formats are checked at a second size too, where the resize is inside the graph.
+        self.other_images = resize_to_fill(self.images[:4], size[0] * 3 // 2, size[1] * 5 // 4).numpy()
+        self.expected = self._expected(self.images)
+        self.other_expected = self._expected(self.other_images)
+        self.files: dict[str, dict] = {}
+
+    def write(self, formats: Sequence[str], quantize: Sequence[str], calibration_images: int) -> None:
+        if "saved_model" in formats:
+            self.progress("Writing the SavedModel...")
+            path = join(self.directory, "saved_model")
+            deploy.write_saved_model(self.model, self.serve, path)
+            self._check("saved_model", deploy.SavedModelRunner(path), image_size="any")
+        self.model.save(join(self.directory, "model.keras"))
+        if "tflite" in formats:
+            self._write_tflite(quantize, calibration_images)
+        if "onnx" in formats:
+            self.progress(f"Converting to ONNX (opset {deploy.ONNX_OPSET}, tf2onnx)...")
+            content = deploy.onnx_model(self.serve)
+            with tf.io.gfile.GFile(join(self.directory, "model.onnx"), "wb") as file:
+                file.write(content)
+            self._check("model.onnx", deploy.OnnxRunner(self._read("model.onnx")), image_size="any")
+        with tf.io.gfile.GFile(join(self.directory, "export.json"), "w") as file:
+            file.write(json.dumps({"inputs": "images: uint8 [batch, height, width, 3], RGB", "files": self.files}, indent=2))
+
+    def _write_tflite(self, quantize: Sequence[str], calibration_images: int) -> None:
+        height, width = self.size
+        kinds = [None, *quantize]
+        described = ", ".join(kind or "float32" for kind in kinds)
+        self.progress(f"Converting to TFLite ({described}; {height}x{width} images)...")
+        if "int8" in quantize:
+            self.progress(f"  int8 calibrates on {calibration_images} training images of {self.data.name!r}")
+        models = deploy.tflite_models(self.model, self.serve, self.size, kinds, self._calibration(calibration_images))
+        for kind, content in models.items():
+            name = f"model_{kind}.tflite" if kind else "model.tflite"
+            with tf.io.gfile.GFile(join(self.directory, name), "wb") as file:
+                file.write(content)
+            self._check(name, deploy.TFLiteRunner(self._read(name)), image_size=[height, width], quantization=kind)
+
+    def _check(self, name: str, runner, image_size, quantization: str | None = None) -> None:
+        results = deploy.check_outputs(name, runner, self.images, self.expected, quantization)
+        if image_size == "any":  # the worst of the two sizes
+            other = deploy.check_outputs(name, runner, self.other_images, self.other_expected, quantization)
+            results["max_probability_difference"] = max(results["max_probability_difference"], other["max_probability_difference"])
+            results["class_agreement"] = min(results["class_agreement"], other["class_agreement"])
+        checked = len(self.images) + (len(self.other_images) if image_size == "any" else 0)
+        self.files[name] = {"image_size": image_size, "quantization": quantization, "checked_images": checked, **results}
+        self.progress(
+            f"  {name}: checked against the Keras model on {len(self.images)} images: classes agree on "
+            f"{results['class_agreement']:.0%}, probabilities within {results['max_probability_difference']:.2g}"
+        )
+
+    def _read(self, name: str) -> bytes:
+        with tf.io.gfile.GFile(join(self.directory, name), "rb") as file:
+            return file.read()
+
+    def _expected(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in self.serve(tf.constant(images)).items()}
+
+    def _check_images(self) -> np.ndarray:
+        """The first `CHECK_IMAGES` images of the eval split at the fixed size, or seeded noise without data."""
+        height, width = self.size
+        if self.data is None:
+            return np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, height, width, 3), dtype=np.uint8)
+        images = self.data.examples("eval").take(CHECK_IMAGES).map(lambda image, label: resize_to_fill(image, height, width))
+        return np.stack(list(images.as_numpy_iterator()))
+
+    def _calibration(self, count: int) -> Callable[[], object]:
+        """Batches of one uint8 image, `count` training images drawn in a seeded order (a split
+        is often sorted by class)."""
+
+        def batches():
+            records = self.data.records("train").shuffle(4 * count, seed=0).take(count)
+            images = self.data.decode(records, "train").map(lambda image, label: resize_to_fill(image, *self.size))
+            yield from images.batch(1).as_numpy_iterator()
+
+        return batches
+
 
 
 def _move_tree(source: str, target: str) -> None:

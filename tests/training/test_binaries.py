@@ -123,6 +123,25 @@ def test_export_serves_uint8_images_like_the_trained_model(trained, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_export_writes_tflite_int8_and_onnx_checked_in_their_runtimes(trained, tmp_path):
+    model_dir, _ = trained
+    output = tmp_path / "deploy"
+    result = run("resnet-export", f"--model_dir={model_dir}", f"--output={output}", "--formats=tflite,onnx",
+                 "--quantize=int8", "--calibration_images=32", "--checkpoint=best")
+    assert "  int8 calibrates on 32 training images of 'digits'" in result.stdout
+    for name in ("model.tflite", "model_int8.tflite", "model.onnx"):
+        assert f"  {name}: checked against the Keras model on 16 images" in result.stdout
+    assert sorted(p.name for p in output.iterdir()) == ["export.json", "model.keras", "model.onnx", "model.tflite",
+                                                       "model_int8.tflite"]
+    assert result.stdout.strip().splitlines()[-1].startswith("Exported ")
+    for flags, message in ((["--formats=tflite,coreml"], "`formats` must be a list of"),
+                           (["--quantize=int8"], "add 'tflite' to `formats`"),
+                           (["--formats=tflite", "--tflite_input_size=32,x"], "`--tflite_input_size` must be HEIGHT,WIDTH")):
+        failed = run("resnet-export", f"--model_dir={model_dir}", f"--output={tmp_path / 'bad'}", *flags, check=False)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_default_model_dir_is_announced(tmp_path):
     result = run("resnet-train", params=FAST[:1] + ["Trainer.epochs = 1", "Trainer.steps_per_epoch = 1",
                                                     "Trainer.batch_size = 8"], cwd=tmp_path)
