@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -114,6 +114,18 @@ def export_for_serving(
     return output
 
 
+def calibration_batches(data: DataSource, size: Sequence[int], count: int) -> Callable[[], Iterable[np.ndarray]]:
+    """What calibrates an int8 model: `count` training images of `data`, drawn in a seeded order (a
+    split is often sorted by class), each fitted to `size` (`resize_to_fill`), as batches of one."""
+
+    def batches() -> Iterable[np.ndarray]:
+        records = data.records("train").shuffle(4 * count, seed=0).take(count)
+        images = data.decode(records, "train").map(lambda image, label: resize_to_fill(image, *size))
+        return images.batch(1).as_numpy_iterator()
+
+    return batches
+
+
 def _check_formats(formats: Sequence[str], quantize: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     for argument, values, allowed in (("formats", formats, deploy.FORMATS), ("quantize", quantize, deploy.QUANTIZATIONS)):
         if isinstance(values, str) or any(value not in allowed for value in values):
@@ -167,7 +179,8 @@ class _Exporter:
         self.progress(f"Converting to TFLite ({described}; {height}x{width} images)...")
         if "int8" in quantize:
             self.progress(f"  int8 calibrates on {calibration_images} training images of {self.data.name!r}")
-        models = deploy.tflite_models(self.model, self.serve, self.size, kinds, self._calibration(calibration_images))
+        calibration = calibration_batches(self.data, self.size, calibration_images) if "int8" in quantize else None
+        models = deploy.tflite_models(self.model, self.serve, self.size, kinds, calibration)
         for kind, content in models.items():
             name = f"model_{kind}.tflite" if kind else "model.tflite"
             with tf.io.gfile.GFile(join(self.directory, name), "wb") as file:
@@ -201,18 +214,6 @@ class _Exporter:
             return np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, height, width, 3), dtype=np.uint8)
         images = self.data.examples("eval").take(CHECK_IMAGES).map(lambda image, label: resize_to_fill(image, height, width))
         return np.stack(list(images.as_numpy_iterator()))
-
-    def _calibration(self, count: int) -> Callable[[], object]:
-        """Batches of one uint8 image, `count` training images drawn in a seeded order (a split
-        is often sorted by class)."""
-
-        def batches():
-            records = self.data.records("train").shuffle(4 * count, seed=0).take(count)
-            images = self.data.decode(records, "train").map(lambda image, label: resize_to_fill(image, *self.size))
-            yield from images.batch(1).as_numpy_iterator()
-
-        return batches
-
 
 
 def _move_tree(source: str, target: str) -> None:
