@@ -92,7 +92,7 @@ def tflite_models(
     """
     models = {}
     with tempfile.TemporaryDirectory() as directory:
-        # Through a SavedModel, as TensorFlow recommends for Keras 3 models: converting a
+        # Through a SavedModel, the path Keras' own TFLite export takes: converting a
         # concrete function directly leaves Keras' variables unfrozen (READ_VARIABLE ops).
         write_saved_model(model, serve, directory, size)
         for quantization in quantizations:
