@@ -10,6 +10,10 @@ Layers (`BottleneckBlock`, `ResidualStage`, shortcuts, stems, norms) are importa
 own for use inside other models.
 """
 
+from resnet._startup import quiet_binary_start
+
+quiet_binary_start()  # before TensorFlow is first imported; does nothing outside our binaries
+
 from resnet.config import available_configs, available_experiments, build, config_path, parse
 from resnet.flops import count_macs
 from resnet.layers import *  # noqa: F401,F403  (the public layer classes)

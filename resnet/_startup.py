@@ -1,0 +1,63 @@
+"""A quiet start for the command-line binaries: TensorFlow's C++ start-up lines hidden unless asked for.
+
+Importing TensorFlow prints, straight to file descriptor 2 and before its logging is set up (so
+`TF_CPP_MIN_LOG_LEVEL` cannot hide them), absl's "All log messages before absl::InitializeLog()"
+notice, the oneDNN notice and the CUDA-stub line, and then all three again: `import tensorflow`
+loads the profiler plugin extension (`_pywrap_profiler_plugin`, through
+`tf.profiler.experimental.client`), which carries its own copy of TensorFlow's platform code,
+whose start-up runs a second time. The first op then logs the CPU feature guard and, on a
+machine without a GPU, a failed `cuInit`, both of which `TF_CPP_MIN_LOG_LEVEL=3` hides.
+
+`resnet/__init__.py` calls `quiet_binary_start()` first, so that it acts before TensorFlow is
+imported. It does something only in our own binaries (`resnet-train`, `resnet-eval`,
+`resnet-export`, or `python -m resnet.train` and the like) run without absl's `--verbosity` /
+`-v` flag: imported as a library, or with that flag, TensorFlow starts as it always does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+BINARIES = {"resnet-train": "train", "resnet-eval": "evaluate", "resnet-export": "export"}
+
+
+def is_quiet_binary(argv: list[str], orig_argv: list[str]) -> bool:
+    """Whether this process is one of our binaries started without a verbosity flag.
+
+    Args:
+        argv: `sys.argv` (a console script's own path first).
+        orig_argv: `sys.orig_argv` (the interpreter's arguments, `-m resnet.train` for a module run).
+    """
+    script = os.path.basename(argv[0]) if argv else ""
+    modules = {f"resnet.{module}" for module in BINARIES.values()}
+    launched = script in BINARIES or any(
+        flag == "-m" and module in modules for flag, module in zip(orig_argv, orig_argv[1:])
+    )
+    verbose = any(arg in ("-v", "--v") or arg.startswith(("--verbosity", "-v=", "--v=")) for arg in argv[1:])
+    return launched and not verbose
+
+
+def quiet_binary_start() -> None:
+    """In a quiet binary (`is_quiet_binary`): hides TensorFlow's C++ INFO to ERROR logs (unless
+    `TF_CPP_MIN_LOG_LEVEL` is set) and imports TensorFlow with descriptor 2 captured, showing
+    what it wrote only if the import fails."""
+    if "tensorflow" in sys.modules or not is_quiet_binary(sys.argv, getattr(sys, "orig_argv", [])):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401  (imported here, with its start-up lines captured)
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

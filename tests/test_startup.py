@@ -1,0 +1,61 @@
+"""The binaries start quiet: TensorFlow's C++ start-up lines appear only with a verbosity flag."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet._startup import is_quiet_binary
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("argv, orig_argv, quiet", [
+    (["/venv/bin/resnet-train"], ["python", "/venv/bin/resnet-train"], True),
+    (["/venv/bin/resnet-export", "--output=x"], [], True),
+    (["/src/resnet/train.py", "--model_dir=r"], ["python", "-m", "resnet.train", "--model_dir=r"], True),
+    (["/src/resnet/evaluate.py"], ["python3", "-X", "importtime", "-m", "resnet.evaluate"], True),
+    (["/venv/bin/resnet-train", "--verbosity=0"], [], False),
+    (["/venv/bin/resnet-train", "-v", "1"], [], False),
+    (["/venv/bin/resnet-eval", "--v=1"], [], False),
+    (["train.py"], ["python", "train.py"], False),  # someone else's script
+    (["-c"], ["python", "-c", "import resnet"], False),  # the library
+    ([], [], False),
+])
+def test_only_our_binaries_without_a_verbosity_flag_start_quiet(argv, orig_argv, quiet):
+    assert is_quiet_binary(argv, orig_argv) is quiet
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [[str(BIN / "resnet-eval")], [sys.executable, "-m", "resnet.evaluate"]])
+def test_a_binary_prints_its_own_lines_only_unless_asked(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([*command, f"--model_dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 2
+    assert quiet.stdout == "" and quiet.stderr.splitlines() == [
+        f"resnet-eval: error: `--model_dir` '{tmp_path}' holds no operative_config.gin; point it at a directory "
+        "written by resnet-train."
+    ]
+    verbose = subprocess.run([*command, f"--model_dir={tmp_path}", "--verbosity=0"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert verbose.returncode == 2 and "oneDNN custom operations" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_startup_benchmark_reports_imports_and_the_first_step(tmp_path):
+    out = tmp_path / "startup.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "startup.py"
+    result = subprocess.run([sys.executable, str(script), "--repeats=1", f"--json={out}"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("import_tensorflow", "import_keras", "import_resnet", "train_first_step"):
+        assert 0 < results[name]["min_seconds"] <= results[name]["median_seconds"] <= results[name]["max_seconds"]
+    assert results["resnet_import_overhead_seconds"] == pytest.approx(
+        results["import_resnet"]["median_seconds"] - results["import_keras"]["median_seconds"], abs=2e-3)
+    assert results["train_first_step"]["median_seconds"] > results["import_resnet"]["median_seconds"] / 2
+    assert results["lines_before_first_own_line"] == 0
+    assert results["machine"]["cpu"] and results["machine"]["tensorflow"]
