@@ -3,7 +3,8 @@
     python benchmarks/deploy.py --configs=cifar/resnet56,resnet50 --batch_size=32 --json=deploy.json
     python benchmarks/deploy.py --configs= --demo_run=runs/demo     # only the accuracies of a trained run
 
-Each network of `--configs` (untrained, its norms given non-trivial statistics) is served by the
+Each network of `--configs` (untrained, its norms given non-trivial statistics, then folded into
+the convolutions by `resnet.fold_batch_norm`, as `resnet-export` serves it) is served by the
 same function, `resnet.training.deploy.serving_function`: uint8 images in, at the serving size of
 the evaluation preprocessing (32x32 with the "cifar" recipe for cifar/* configs; 256x256 with the
 "imagenet" recipe, resize and 224 centre crop, for the others), probabilities and classes out.
@@ -142,6 +143,7 @@ def measure(config: str) -> dict:
              f"({preprocessing.image_size}x{preprocessing.image_size} network input)")
     model = resnet.build(config)
     vary_norms(model)
+    model = resnet.fold_batch_norm(model)  # what resnet-export serves
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, 256, (FLAGS.calibration_images, *size, 3), dtype=np.uint8)
     images = rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
@@ -184,6 +186,7 @@ def measure(config: str) -> dict:
 def demo_accuracy(run_dir: str) -> dict:
     """Accuracy of each format of `run_dir`'s best checkpoint on the whole eval split of its data."""
     trainer, model, _, path = cli.restored_model(run_dir, [], "best")
+    model = resnet.fold_batch_norm(model)  # what resnet-export serves
     data, size, count = trainer.data, trainer.preprocessing.serving_size, FLAGS.demo_calibration_images
     progress(f"Demo run {run_dir}: checkpoint {path}, {data.name!r} data at {size[0]}x{size[1]}; "
              f"int8 calibrated on {count} training images")

@@ -16,6 +16,7 @@ quiet_binary_start()  # before TensorFlow is first imported; does nothing outsid
 
 from resnet.config import available_configs, available_experiments, build, config_path, parse
 from resnet.flops import count_macs
+from resnet.fold import fold_batch_norm
 from resnet.layers import *  # noqa: F401,F403  (the public layer classes)
 from resnet.layers import __all__ as _layer_names
 from resnet.model import ResNet
@@ -32,6 +33,7 @@ __all__ = [
     "build",
     "config_path",
     "count_macs",
+    "fold_batch_norm",
     "parse",
     "register",
     *_layer_names,

@@ -251,13 +251,19 @@ class OnnxRunner:
 
 
 def check_outputs(
-    name: str, runner: Runner, images: np.ndarray, expected: dict[str, np.ndarray], quantization: str | None = None
+    name: str,
+    runner: Runner,
+    images: np.ndarray,
+    expected: dict[str, np.ndarray],
+    quantization: str | None = None,
+    tolerance: float | None = None,
 ) -> dict[str, float]:
     """Checks that `runner` computes on `images` what the Keras model computed (`expected`).
 
     Float files must give probabilities within `FLOAT_TOLERANCE` (`FLOAT16_TOLERANCE` for float16
     weights) and the same class wherever the model's top two probabilities are further apart
     than that; int8 files must give the model's class on at least `INT8_MIN_AGREEMENT` of them.
+    `tolerance` replaces the float tolerance (for a model that computes in bfloat16 or float16).
 
     Returns:
         `{"max_probability_difference": ..., "class_agreement": ...}` measured on `images`.
@@ -289,7 +295,8 @@ def check_outputs(
                 f"(at least {INT8_MIN_AGREEMENT:.0%} expected); the quantization lost too much."
             )
         return result
-    tolerance = FLOAT16_TOLERANCE if quantization == "float16" else FLOAT_TOLERANCE
+    if tolerance is None:
+        tolerance = FLOAT16_TOLERANCE if quantization == "float16" else FLOAT_TOLERANCE
     top_two = np.sort(want, axis=-1)[:, -2:] if want.shape[-1] > 1 else np.concatenate([np.zeros_like(want), want], -1)
     clear = top_two[:, 1] - top_two[:, 0] > 2 * tolerance
     if difference > tolerance or np.any((classes != expected["classes"]) & clear):

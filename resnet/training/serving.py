@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from resnet.data.base import DataSource
 from resnet.data.preprocessing import Preprocessing, resize_to_fill
+from resnet.fold import fold_batch_norm
 from resnet.training import deploy
 from resnet.training.rundir import join, local_path
 from resnet.validation import check_int
@@ -50,10 +51,12 @@ def export_for_serving(
       "float16": float16 weights): builtin ops only, images of `tflite_input_size`, by default
       `preprocessing.serving_size`.
 
-    `model.keras` holds the bare network (float inputs, no preprocessing). Each file written is
-    loaded in its runtime and checked against the Keras model on `CHECK_IMAGES` images (the
-    first of `data`'s eval split, or seeded random images without `data`), and dynamic-size
-    formats also at a second size; `export.json` lists the files with what was measured.
+    Every format serves the network with its batch norms folded into the convolutions
+    (`resnet.fold_batch_norm`); `model.keras` holds the bare trained network (float inputs, no
+    preprocessing, norms unfolded). Each file written is loaded in its runtime and checked
+    against the trained Keras model on `CHECK_IMAGES` images (the first of `data`'s eval split,
+    or seeded random images without `data`), and dynamic-size formats also at a second size;
+    `export.json` lists the files with what was measured.
 
     `output` is a local path or any TensorFlow file system URI (`gs://...`, `ram://...`); all
     is written through `tf.io.gfile`. The export is written to a staging directory beside
@@ -146,7 +149,12 @@ class _Exporter:
 
     def __init__(self, model, preprocessing, directory, from_logits, data, size, progress):
         self.model, self.directory, self.data, self.size, self.progress = model, directory, data, size, progress
-        self.serve = deploy.serving_function(model, preprocessing, from_logits)
+        # Every format serves the network with its batch norms folded into the convolutions; the
+        # checks hold it to the trained model itself (`reference`), in that model's precision.
+        self.served = fold_batch_norm(model)
+        self.serve = deploy.serving_function(self.served, preprocessing, from_logits)
+        self.reference = deploy.serving_function(model, preprocessing, from_logits)
+        self.tolerance = None if model.compute_dtype == "float32" else deploy.FLOAT16_TOLERANCE
         self.images = self._check_images()
         # Dynamic-size formats are checked at a second size too, where the resize is inside the graph.
         self.other_images = resize_to_fill(self.images[:4], size[0] * 3 // 2, size[1] * 5 // 4).numpy()
@@ -158,7 +166,7 @@ class _Exporter:
         if "saved_model" in formats:
             self.progress("Writing the SavedModel...")
             path = join(self.directory, "saved_model")
-            deploy.write_saved_model(self.model, self.serve, path)
+            deploy.write_saved_model(self.served, self.serve, path)
             self._check("saved_model", deploy.SavedModelRunner(path), image_size="any")
         self.model.save(join(self.directory, "model.keras"))
         if "tflite" in formats:
@@ -180,7 +188,7 @@ class _Exporter:
         if "int8" in quantize:
             self.progress(f"  int8 calibrates on {calibration_images} training images of {self.data.name!r}")
         calibration = calibration_batches(self.data, self.size, calibration_images) if "int8" in quantize else None
-        models = deploy.tflite_models(self.model, self.serve, self.size, kinds, calibration)
+        models = deploy.tflite_models(self.served, self.serve, self.size, kinds, calibration)
         for kind, content in models.items():
             name = f"model_{kind}.tflite" if kind else "model.tflite"
             with tf.io.gfile.GFile(join(self.directory, name), "wb") as file:
@@ -188,9 +196,9 @@ class _Exporter:
             self._check(name, deploy.TFLiteRunner(self._read(name)), image_size=[height, width], quantization=kind)
 
     def _check(self, name: str, runner, image_size, quantization: str | None = None) -> None:
-        results = deploy.check_outputs(name, runner, self.images, self.expected, quantization)
+        results = deploy.check_outputs(name, runner, self.images, self.expected, quantization, self.tolerance)
         if image_size == "any":  # the worst of the two sizes
-            other = deploy.check_outputs(name, runner, self.other_images, self.other_expected, quantization)
+            other = deploy.check_outputs(name, runner, self.other_images, self.other_expected, quantization, self.tolerance)
             results["max_probability_difference"] = max(results["max_probability_difference"], other["max_probability_difference"])
             results["class_agreement"] = min(results["class_agreement"], other["class_agreement"])
         checked = len(self.images) + (len(self.other_images) if image_size == "any" else 0)
@@ -205,7 +213,7 @@ class _Exporter:
             return file.read()
 
     def _expected(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.numpy() for name, value in self.serve(tf.constant(images)).items()}
+        return {name: value.numpy() for name, value in self.reference(tf.constant(images)).items()}
 
     def _check_images(self) -> np.ndarray:
         """The first `CHECK_IMAGES` images of the eval split at the fixed size, or seeded noise without data."""
