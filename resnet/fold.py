@@ -55,7 +55,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     variables = {variable.path: variable for variable in folded.weights}
     for variable in model.weights:
         variables[variable.path].assign(variable)
-    for layer in _layers(folded):
+    for layer in folded._flatten_layers(include_self=True, recursive=True):  # as count_macs walks them
         if isinstance(getattr(layer, "convs", None), list) and isinstance(getattr(layer, "norms", None), list):
             for i, (conv, norm) in enumerate(zip(layer.convs, layer.norms)):
                 if _fold(conv, norm):
@@ -72,21 +72,6 @@ def _with_biases(config):
     if isinstance(config, list):
         return [_with_biases(value) for value in config]
     return config
-
-
-def _layers(root: keras.layers.Layer):
-    """`root` and every layer it holds, at any depth, each once."""
-    seen, stack = set(), [root]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        for value in vars(layer).values():
-            for item in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(item, keras.layers.Layer):
-                    stack.append(item)
 
 
 def _fold(conv: keras.layers.Layer | None, norm: keras.layers.Layer | None) -> bool:

@@ -1,5 +1,6 @@
 """fold_batch_norm: every batch norm after a convolution merged into it, the outputs unchanged."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -44,8 +45,6 @@ def test_frozen_norms_fold_and_mixed_precision_stays_close():
     folded = resnet.fold_batch_norm(model)
     assert batch_norm_ops(folded, 32) == 0
     assert relative_error(folded(x).numpy(), model(x, training=False).numpy()) < 1e-5
-    import keras
-
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         half = resnet.build("cifar/resnet20")
