@@ -30,7 +30,9 @@ import time
 
 from absl import app, flags
 
+import workload
 from report import machine, write_results
+from workload import BASELINE, matmul_peak
 
 flags.DEFINE_string("config", "resnet50", "A shipped config name or a .gin file.")
 flags.DEFINE_enum("mode", "inference", ["inference", "train"], "What to time.")
@@ -46,70 +48,13 @@ flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("memory_probe", None, "Internal: measure the peak memory of one model and exit.")
 FLAGS = flags.FLAGS
 
-BASELINE = "keras.applications.ResNet50"
-
-
 def build_step(model_name: str, precision: str):
-    """A zero-argument function running one step of `model_name` ("ours" or BASELINE), and the model."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import resnet
-    from resnet.data.preprocessing import Preprocessing
-    from resnet.data.sources import SyntheticData
-    from resnet.training.trainer import Trainer
-
-    size, batch = FLAGS.image_size, FLAGS.batch_size
-    keras.config.set_dtype_policy(precision)
-    if model_name == BASELINE:
-        def make():
-            return keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classifier_activation=None)
-    else:
-        def make():
-            return resnet.build(FLAGS.config, [f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 1000"])
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 1000, batch).astype("int32"))
-    if FLAGS.mode == "inference":
-        model = make()
-
-        @tf.function(jit_compile=FLAGS.jit_compile)
-        def forward(x):
-            return model(x, training=False)
-
-        return (lambda: forward(images).numpy()), model
-    trainer = Trainer(
-        "/nonexistent-benchmark-run",  # never written: only the step is used
-        data=SyntheticData(image_size=size, num_classes=1000),
-        preprocessing=Preprocessing("none", image_size=size),
-        model=make,
-        batch_size=batch,
-        steps_per_epoch=1,
-        precision=precision,
-        jit_compile=FLAGS.jit_compile,
+    """A zero-argument function running one step of `model_name` ("ours" or BASELINE) as the
+    flags say, and the model."""
+    return workload.build_step(
+        model_name, config=FLAGS.config, mode=FLAGS.mode, precision=precision, batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size, jit_compile=FLAGS.jit_compile,
     )
-    trainer.build()
-    train_step = trainer.make_train_step()
-    return (lambda: float(train_step((images, labels))[0])), trainer.model
-
-
-def matmul_peak(dtype_name: str) -> float:
-    """Best GFLOP/s of large square matrix multiplications in `dtype_name`."""
-    import tensorflow as tf
-
-    dtype = tf.bfloat16 if dtype_name == "bfloat16" else tf.float16 if dtype_name == "float16" else tf.float32
-    best = 0.0
-    for n in (2048, 4096):
-        a = tf.cast(tf.random.normal((n, n)), dtype)
-        b = tf.cast(tf.random.normal((n, n)), dtype)
-        matmul = tf.function(tf.linalg.matmul)
-        matmul(a, b).numpy()
-        for _ in range(3):
-            start = time.perf_counter()
-            matmul(a, b).numpy()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def _own_peak_rss_mib() -> float:

@@ -32,6 +32,9 @@ def run_script(name: str, *args: str, expect_failure: bool = False) -> subproces
 
 
 def load_module(name: str):
+    """Imports a benchmark script as a module (its sibling modules, such as `workload`, importable)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -172,3 +175,76 @@ def test_degradation_names_a_missing_data_dir(tmp_path):
     result = run_script("degradation.py", f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'out'}",
                         expect_failure=True)
     assert "nowhere" in result.stderr
+
+
+def test_profile_step_parses_onednn_kernels_and_groups_op_types():
+    profile = load_module("profile_step")
+    # Multiply-accumulates from oneDNN's shape descriptors: full, w left out (= h), grouped.
+    assert profile.convolution_macs("mb4_ic64oc128_ih18oh8kh3sh2dh0ph0_iw18ow8kw3sw2dw0pw0") == 4 * 128 * 8 * 8 * 64 * 9
+    assert profile.convolution_macs("mb2_ic3oc64_ih224oh112kh7sh2dh0ph3") == 2 * 64 * 112 * 112 * 3 * 49
+    assert profile.convolution_macs("mb1_g32ic128oc128_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1") == 128 * 64 * 4 * 9
+    lines = [
+        "onednn_verbose,v1,info,cpu,isa:Intel AVX-512",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,src:f32,"
+        "alg:convolution_direct,mb1_ic2oc4_ih3oh3kh1sh1dh0ph0_iw3ow3kw1sw1dw0pw0,0.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,src:f32,"
+        "alg:convolution_direct,mb1_ic2oc4_ih3oh3kh1sh1dh0ph0_iw3ow3kw1sw1dw0pw0,1.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32 dst:f32,,,4x2x1x1,0.25",
+        "something else entirely",
+    ]
+    kernels = profile.summarize_onednn(lines, steps=2)["kernels"]
+    assert [(k["kind"], k["direction"], k["implementation"]) for k in kernels] == [
+        ("convolution", "forward_training", "brg_conv_fwd:avx512_core"), ("reorder", "undef", "jit:uni")]
+    convolution, reorder = kernels
+    assert convolution["calls_per_step"] == 1 and convolution["ms_per_step"] == 1.0
+    assert convolution["gflops"] == pytest.approx(round(2 * 2 * 72 / 2e-3 / 1e9, 1))
+    assert "gflops" not in reorder and reorder["ms_per_step"] == pytest.approx(0.12, abs=0.01)
+    assert profile.op_part("_MklNativeConv2DBackpropFilter") == "convolution weight gradient"
+    assert profile.op_part("_MklNativeFusedBatchNormGradV3") == "batch norm backward"
+    assert profile.op_part("FusedBatchNormV3") == "batch norm forward"
+    assert profile.op_part("Sqrt").startswith("other")
+
+
+@pytest.mark.slow
+def test_profile_step_reports_op_parts_and_onednn_kernels(tmp_path):
+    gin_file = tmp_path / "tiny.gin"
+    gin_file.write_text("include 'resnet18.gin'\nResNet.stage_filters = (8, 16, 32, 64)\n")
+    out = tmp_path / "profile.json"
+    result = run_script("profile_step.py", f"--config={gin_file}", "--batch_size=2", "--image_size=32", "--steps=1",
+                        "--warmup=1", f"--json={out}")
+    results = json.loads(out.read_text())
+    assert results["step_ms"] > 0 and results["op_ms_per_step"] > 0
+    assert sum(part["share"] for part in results["parts"].values()) == pytest.approx(1, abs=0.01)
+    for part in ("convolution forward", "convolution data gradient", "convolution weight gradient",
+                 "batch norm forward", "batch norm backward"):
+        assert results["parts"][part]["ms_per_step"] > 0, part
+    directions = {k["direction"] for k in results["onednn"]["kernels"] if k["kind"] == "convolution"}
+    assert directions == {"forward_training", "backward_data", "backward_weights"}
+    assert all(k["gflops"] > 0 for k in results["onednn"]["kernels"] if k["kind"] == "convolution")
+    assert "by part of the step" in result.stdout and results["machine"]["cpu"] in result.stdout
+
+
+@pytest.mark.slow
+def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
+    out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    result = run_script("scaling.py", "--precisions=float32", "--batch_sizes=1", "--image_sizes=32",
+                        "--image_size=32", "--batch_size=1", "--min_seconds=0", "--min_steps=1", "--warmup=0",
+                        "--config=resnet18", f"--json={out}", f"--plot={png}")
+    results = json.loads(out.read_text())
+    assert [(p["mode"], p["batch_size"], p["image_size"]) for p in results["points"]] == [
+        ("inference", 1, 32), ("train", 1, 32)]
+    for point in results["points"]:
+        for model in ("ours", "keras"):
+            assert point[model]["images_per_second"] > 0 and point[model]["allocator_peak_mib"] > 0
+    # Training holds gradients and activations besides the weights.
+    assert results["points"][1]["ours"]["allocator_peak_mib"] > results["points"][0]["ours"]["allocator_peak_mib"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 1 | 32 |" in result.stdout
+
+    # A point that fails is recorded with its error; the other model's is still measured.
+    missing = tmp_path / "missing.gin"
+    run_script("scaling.py", "--modes=inference", "--precisions=float32", "--batch_sizes=1", "--image_sizes=32",
+               "--image_size=32", "--batch_size=1", "--min_seconds=0", "--min_steps=1", "--warmup=0",
+               f"--config={missing}", f"--json={out}")
+    point = json.loads(out.read_text())["points"][0]
+    assert "missing.gin" in point["ours"]["error"] and point["keras"]["images_per_second"] > 0
