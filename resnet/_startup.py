@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+
+from resnet._stderr import captured_stderr
 
 BINARIES = {"resnet-train": "train", "resnet-eval": "evaluate", "resnet-export": "export"}
 
@@ -46,18 +47,5 @@ def quiet_binary_start() -> None:
     if "tensorflow" in sys.modules or not is_quiet_binary(sys.argv, getattr(sys, "orig_argv", [])):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401  (imported here, with its start-up lines captured)
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.buffer.write(captured.read())
-            sys.stderr.flush()
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with captured_stderr():  # written back only if the import fails
+        import tensorflow  # noqa: F401  (imported here, with its start-up lines captured)

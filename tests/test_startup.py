@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from resnet._startup import is_quiet_binary
+from resnet._stderr import captured_stderr, filtered_stderr
 
 BIN = Path(sys.executable).parent
 
@@ -27,6 +28,22 @@ BIN = Path(sys.executable).parent
 ])
 def test_only_our_binaries_without_a_verbosity_flag_start_quiet(argv, orig_argv, quiet):
     assert is_quiet_binary(argv, orig_argv) is quiet
+
+
+def test_filtered_stderr_passes_on_all_but_the_noise(capfd):
+    with filtered_stderr([r"^noise: \d+", r"INFO: chatter"]):
+        os.write(2, b"noise: 12 and more\nkept line\nINFO: chatter here\nnoise: x stays\n")
+    assert capfd.readouterr().err == "kept line\nnoise: x stays\n"
+
+
+def test_captured_stderr_hands_back_the_text_and_writes_it_out_on_an_error(capfd):
+    with captured_stderr() as captured:
+        os.write(2, b"native line\n")
+    assert captured.text == "native line\n" and capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError, match="failed"), filtered_stderr([r"context"]):
+        os.write(2, b"context of the failure\n")
+        raise RuntimeError("failed")
+    assert capfd.readouterr().err == "context of the failure\n"
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet._stderr import filtered_stderr
+
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("int8", "float16")
 ONNX_OPSET = 17
@@ -123,9 +125,17 @@ def _no_interpreter_deprecation():
         yield
 
 
+# What TFLite's converter and interpreter print straight to descriptor 2 on every call, which
+# says nothing to a user: the quantizer's settings and the interpreter's default CPU delegate.
+TFLITE_NOISE = (
+    r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: ",
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.",
+)
+
+
 def _convert(converter: tf.lite.TFLiteConverter) -> bytes:
     try:
-        with _no_interpreter_deprecation():
+        with _no_interpreter_deprecation(), filtered_stderr(TFLITE_NOISE):
             return converter.convert()
     except Exception as error:  # the converter raises its own ConverterError, not exported by tf.lite
         message = str(error)
@@ -214,16 +224,22 @@ class TFLiteRunner:
     """
 
     def __init__(self, content: bytes, num_threads: int | None = None):
-        with _no_interpreter_deprecation():
+        with _no_interpreter_deprecation(), filtered_stderr(TFLITE_NOISE):
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=num_threads)
-        self._runner = self.interpreter.get_signature_runner()
+            self._runner = self.interpreter.get_signature_runner()
         details = self._runner.get_input_details()[INPUT_NAME]
         self.input_size = tuple(int(n) for n in details["shape_signature"][1:3])
+        self._announced = False
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if tuple(images.shape[1:3]) != self.input_size:
             raise ValueError(f"This TFLite model takes {self.input_size} images; received {images.shape[1:3]}.")
-        return self._runner(**{INPUT_NAME: images})
+        if self._announced:
+            return self._runner(**{INPUT_NAME: images})
+        with filtered_stderr(TFLITE_NOISE):  # the first call applies the XNNPACK delegate, which says so
+            outputs = self._runner(**{INPUT_NAME: images})
+        self._announced = True
+        return outputs
 
 
 class OnnxRunner:

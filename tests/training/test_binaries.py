@@ -134,6 +134,8 @@ def test_export_writes_tflite_int8_and_onnx_checked_in_their_runtimes(trained, t
     assert sorted(p.name for p in output.iterdir()) == ["export.json", "model.keras", "model.onnx", "model.tflite",
                                                        "model_int8.tflite"]
     assert result.stdout.strip().splitlines()[-1].startswith("Exported ")
+    # The converter's and interpreter's own chatter (descriptor 2) is not passed on.
+    assert "fully_quantize" not in result.stderr and "XNNPACK" not in result.stderr, result.stderr
     for flags, message in ((["--formats=tflite,coreml"], "`formats` must be a list of"),
                            (["--quantize=int8"], "add 'tflite' to `formats`"),
                            (["--formats=tflite", "--tflite_input_size=32,x"], "`--tflite_input_size` must be HEIGHT,WIDTH")):
