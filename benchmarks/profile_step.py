@@ -46,6 +46,9 @@ flags.DEFINE_integer("image_size", 224, "Height and width of the images.", lower
 flags.DEFINE_integer("warmup", 2, "Untimed steps before timing and tracing.", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Steps timed, traced, and run under oneDNN's verbose mode.", lower_bound=1)
 flags.DEFINE_integer("top", 15, "Op types (and kernels) listed.", lower_bound=1)
+flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow's inter-op threads (0: its default). With 1, ops run one "
+                     "at a time, so each op's and kernel's time is its own, not shared with a concurrent op; on the "
+                     "2-core machine of RESULTS.md the step is as fast either way.", lower_bound=0)
 flags.DEFINE_bool("onednn", True, "Also summarize oneDNN's kernels (a second process).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_bool("onednn_probe", False, "Internal: run the steps with oneDNN's verbose output and exit.")
@@ -154,6 +157,10 @@ def summarize_onednn(lines, steps: int) -> dict:
 
 
 def _build():
+    import tensorflow as tf
+
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     model = workload.BASELINE if FLAGS.model == "baseline" else "ours"
     return workload.build_step(model, config=FLAGS.config, mode=FLAGS.mode, precision=FLAGS.precision,
                                batch_size=FLAGS.batch_size, image_size=FLAGS.image_size)
@@ -163,7 +170,8 @@ def run_onednn_probe() -> dict:
     """Runs this script's `--onednn_probe` in a fresh process with ONEDNN_VERBOSE=1 and
     summarizes the kernel lines of its timed steps."""
     command = [sys.executable, os.path.abspath(__file__), "--onednn_probe", "--noonednn"]
-    for name in ("config", "model", "precision", "mode", "batch_size", "image_size", "warmup", "steps"):
+    for name in ("config", "model", "precision", "mode", "batch_size", "image_size", "warmup", "steps",
+                 "inter_op_threads"):
         command.append(f"--{name}={getattr(FLAGS, name)}")
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -214,7 +222,7 @@ def main(argv):
     results = {
         "config": FLAGS.config if FLAGS.model == "ours" else workload.BASELINE, "precision": FLAGS.precision,
         "mode": FLAGS.mode, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
-        "step_ms": round(step_ms, 1), "traced_step_ms": round(traced_ms / FLAGS.steps, 1),
+        "inter_op_threads": FLAGS.inter_op_threads, "step_ms": round(step_ms, 1), "traced_step_ms": round(traced_ms / FLAGS.steps, 1),
         "op_ms_per_step": round(op_ms / FLAGS.steps, 1),
         "matmul_peak_gflops": round(peak, 1),
         "fraction_of_matmul_peak": round(flops / (step_ms / 1e3) / 1e9 / peak, 3),
