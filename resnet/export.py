@@ -17,7 +17,7 @@ from absl import app, flags
 
 from resnet import cli
 from resnet.training import deploy
-from resnet.training.serving import CALIBRATION_IMAGES, export_for_serving
+from resnet.training.serving import CALIBRATION_IMAGES, check_output, export_for_serving
 
 flags.DEFINE_string("model_dir", None, "Directory of a run written by resnet-train.", required=True)
 flags.DEFINE_string("output", None, "Directory to create for the export.", required=True)
@@ -51,6 +51,7 @@ def _input_size(values: list[str] | None) -> tuple[int, int] | None:
 def main(argv: list[str]) -> None:
     del argv
     size = _input_size(FLAGS.tflite_input_size)
+    check_output(FLAGS.output, FLAGS.overwrite, model_dir=FLAGS.model_dir)  # before the slow restore
     trainer, model, _, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
     output = export_for_serving(
         model,
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> None:
         calibration_images=FLAGS.calibration_images,
         tflite_input_size=size,
         progress=lambda line: print(line, flush=True),
+        model_dir=FLAGS.model_dir,
     )
     print(f"Exported {path} to {output}/ ({', '.join(FLAGS.formats)}, model.keras; see export.json)", flush=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
@@ -37,6 +38,7 @@ def export_for_serving(
     calibration_images: int = CALIBRATION_IMAGES,
     tflite_input_size: Sequence[int] | None = None,
     progress: Callable[[str], None] | None = None,
+    model_dir: str | os.PathLike | None = None,
 ) -> str:
     """Writes the model with its preprocessing inside in each of `formats`, and `model.keras`, to `output`.
 
@@ -74,13 +76,16 @@ def export_for_serving(
         preprocessing: The run's preprocessing; its `serve` method runs inside the signature.
         output: Directory to create.
         from_logits: Whether the model returns logits (softmax is applied) or probabilities.
-        overwrite: Replace an existing `output`; otherwise an existing one is an error.
+        overwrite: Replace an existing `output` that is a previous export (it holds nothing but
+            an export's files); otherwise an existing `output` is an error.
         formats: Any of "saved_model", "tflite", "onnx".
         quantize: Quantized TFLite variants to add, any of "int8", "float16" (needs "tflite").
         data: The run's data source: calibration and check images.
         calibration_images: How many training images calibrate an int8 model.
         tflite_input_size: (height, width) of the TFLite models' images.
         progress: Called with a line of text as each step starts and ends.
+        model_dir: The run the model comes from: an `output` that is it, holds it or lies inside
+            it is refused (see `check_output`).
 
     Returns:
         The output directory.
@@ -97,13 +102,12 @@ def export_for_serving(
     size = tuple(tflite_input_size) if tflite_input_size is not None else preprocessing.serving_size
     if len(size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
         raise ValueError(f"`tflite_input_size` must be (height, width), two positive integers; received {size!r}.")
-    output = os.fspath(output).rstrip("/")
-    if tf.io.gfile.exists(output) and not overwrite:
-        raise ValueError(f"`--output` {output!r} already exists; choose a new directory or pass --overwrite.")
+    output = check_output(output, overwrite, model_dir)
     parent = os.path.dirname(output)
     if parent:
         tf.io.gfile.makedirs(parent)
-    staging = join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}.partial")
+    _remove_abandoned_staging(output)
+    staging = join(parent, f".{os.path.basename(output)}.{uuid.uuid4().hex[:8]}{STAGING_SUFFIX}")
     tf.io.gfile.makedirs(staging)
     try:
         exporter = _Exporter(model, preprocessing, staging, from_logits, data, size, progress or (lambda line: None))
@@ -115,6 +119,79 @@ def export_for_serving(
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
     return output
+
+
+# What an export directory holds: an existing `output` holding anything else is not replaced.
+EXPORT_ENTRIES = frozenset(
+    {"saved_model", "model.keras", "model.onnx", "export.json", "model.tflite"}
+    | {f"model_{kind}.tflite" for kind in deploy.QUANTIZATIONS}
+)
+# The staging directory of an export in progress: `.<output name>.<8 hex digits>.partial`, beside it.
+STAGING_SUFFIX = ".partial"
+
+
+def check_output(output: str | os.PathLike, overwrite: bool = False, model_dir: str | os.PathLike | None = None) -> str:
+    """Checks that an export may be written to `output` and returns it (without a trailing "/").
+
+    Refused, before anything is written or replaced: an `output` that is `model_dir`, holds it
+    or lies inside it (a run directory is never an export's place, and replacing the export
+    would delete the run); an existing file; an existing directory without `overwrite`; and,
+    with `overwrite`, a directory holding anything but an export's files (`EXPORT_ENTRIES`), so
+    that nothing but a previous export is ever deleted.
+
+    Raises:
+        ValueError: Naming `--output` and what was expected.
+    """
+    output = os.fspath(output).rstrip("/") or "/"
+    if model_dir is not None:
+        relation = _nesting(output, os.fspath(model_dir))
+        if relation:
+            raise ValueError(
+                f"`--output` {output!r} {relation} the run directory `--model_dir` {os.fspath(model_dir)!r}; "
+                "write the export to a directory outside the run."
+            )
+    if not tf.io.gfile.exists(output):
+        return output
+    if not tf.io.gfile.isdir(output):
+        raise ValueError(f"`--output` {output!r} is an existing file; an export is a directory: choose a new path.")
+    if not overwrite:
+        raise ValueError(f"`--output` {output!r} already exists; choose a new directory or pass --overwrite.")
+    foreign = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(output) if name.rstrip("/") not in EXPORT_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(
+            f"`--output` {output!r} holds files that are not part of an export ({shown}); --overwrite replaces "
+            "only a previous export. Choose another directory."
+        )
+    return output
+
+
+def _nesting(path: str, other: str) -> str:
+    """How `path` relates to `other` ("is", "holds", "lies inside") or "" if neither is in the other."""
+    def parts(p: str) -> tuple[str, ...]:
+        local = local_path(p)
+        if local is not None:
+            return tuple(part for part in os.path.realpath(local).split(os.sep) if part)
+        scheme, _, rest = p.partition("://")
+        return (scheme + "://", *(part for part in rest.split("/") if part))
+
+    a, b = parts(path), parts(other)
+    if a == b:
+        return "is"
+    if b[:len(a)] == a:
+        return "holds"
+    if a[:len(b)] == b:
+        return "lies inside"
+    return ""
+
+
+def _remove_abandoned_staging(output: str) -> None:
+    """Removes the staging directories of exports to `output` that were killed before they ended."""
+    parent, name = os.path.dirname(output), os.path.basename(output)
+    pattern = re.compile(re.escape(f".{name}.") + r"[0-9a-f]{8}" + re.escape(STAGING_SUFFIX))
+    for entry in tf.io.gfile.listdir(parent or "."):
+        if pattern.fullmatch(entry.rstrip("/")):
+            tf.io.gfile.rmtree(join(parent, entry.rstrip("/")) if parent else entry.rstrip("/"))
 
 
 def calibration_batches(data: DataSource, size: Sequence[int], count: int) -> Callable[[], Iterable[np.ndarray]]:

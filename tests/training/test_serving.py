@@ -41,10 +41,20 @@ def tree(directory: str) -> set[str]:
     return found
 
 
+OLD_EXPORT = {"export.json", "saved_model", "saved_model/saved_model.pb"}
+
+
 def make_old_export(output: str) -> None:
-    tf.io.gfile.makedirs(output)
-    with tf.io.gfile.GFile(f"{output}/old.txt", "w") as f:
-        f.write("old export")
+    """A stand-in for a previous export: only names an export has, with contents marked old."""
+    tf.io.gfile.makedirs(f"{output}/saved_model")
+    for name in ("export.json", "saved_model/saved_model.pb"):
+        with tf.io.gfile.GFile(f"{output}/{name}", "w") as f:
+            f.write("old export")
+
+
+def read(path: str) -> str:
+    with tf.io.gfile.GFile(path) as f:
+        return f.read()
 
 
 def test_export_loads_back_and_serves_what_the_model_computes(model, preprocessing, parent):
@@ -87,9 +97,9 @@ def test_existing_export_is_kept_unless_overwriting(model, preprocessing, parent
     make_old_export(output)
     with pytest.raises(ValueError, match=f"^`--output` '{output}' already exists; choose a new directory or pass --overwrite.$"):
         export_for_serving(model, preprocessing, output)
-    assert tree(output) == {"old.txt"}
+    assert tree(output) == OLD_EXPORT
     export_for_serving(model, preprocessing, output, overwrite=True)
-    assert "old.txt" not in tree(output) and "saved_model/saved_model.pb" in tree(output)
+    assert read(f"{output}/export.json") != "old export" and "saved_model/variables/variables.index" in tree(output)
     assert tf.io.gfile.listdir(parent) in (["export"], ["export/"])  # no staging left behind
 
 
@@ -103,10 +113,11 @@ def test_failed_export_leaves_no_staging_and_the_old_export_untouched(model, pre
     monkeypatch.setattr(keras.Model, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         export_for_serving(model, preprocessing, output, overwrite=True)
-    assert tree(parent) == {"export", "export/old.txt"}
+    assert tree(parent) == {"export"} | {f"export/{p}" for p in OLD_EXPORT}
+    assert read(f"{output}/export.json") == "old export"
     with pytest.raises(OSError, match="disk full"):
         export_for_serving(model, preprocessing, f"{parent}/new")
-    assert tree(parent) == {"export", "export/old.txt"}
+    assert tree(parent) == {"export"} | {f"export/{p}" for p in OLD_EXPORT}
 
 
 def test_failure_while_moving_into_place_leaves_nothing_half_written(model, preprocessing, monkeypatch):
@@ -124,3 +135,48 @@ def test_failure_while_moving_into_place_leaves_nothing_half_written(model, prep
     with pytest.raises(tf.errors.UnavailableError, match="connection reset"):
         export_for_serving(model, preprocessing, f"{parent}/export")
     assert moved and tree(parent) == set()
+
+
+def test_overwrite_replaces_only_a_previous_export(model, preprocessing, parent):
+    """A run directory (or any directory with other files) is never deleted by --overwrite."""
+    run = f"{parent}/run"
+    tf.io.gfile.makedirs(f"{run}/backup")
+    for name in ("metrics.csv", "backup/backup-4.index", "operative_config.gin"):
+        with tf.io.gfile.GFile(f"{run}/{name}", "w") as f:
+            f.write("precious")
+    before = tree(parent)
+    for output, message in ((run, "is the run directory"), (parent, "holds the run directory"),
+                            (f"{run}/export", "lies inside the run directory")):
+        with pytest.raises(ValueError, match=f"^`--output` '{output}' {message} `--model_dir` '{run}'; write the"):
+            export_for_serving(model, preprocessing, output, overwrite=True, model_dir=run)
+    # Without knowing the run, --overwrite still deletes only what looks like a previous export.
+    with pytest.raises(ValueError, match="holds files that are not part of an export .*backup, metrics.csv, "
+                                         "operative_config.gin.*--overwrite replaces only a previous export"):
+        export_for_serving(model, preprocessing, run, overwrite=True)
+    assert tree(parent) == before and read(f"{run}/metrics.csv") == "precious"
+    # A path given with a trailing slash, "..", or "file://" is the same directory.
+    if not parent.startswith("ram://"):
+        for output in (f"{run}/", f"{run}/backup/..", f"file://{run}"):
+            with pytest.raises(ValueError, match="is the run directory"):
+                export_for_serving(model, preprocessing, output, overwrite=True, model_dir=run)
+
+
+def test_output_that_is_a_file_is_refused_cleanly(model, preprocessing, parent):
+    output = f"{parent}/model.tflite"
+    tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(output, "w") as f:
+        f.write("a file")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=f"^`--output` '{output}' is an existing file; an export is a directory"):
+            export_for_serving(model, preprocessing, output, overwrite=overwrite)
+    assert read(output) == "a file"
+
+
+def test_a_killed_exports_staging_is_removed_by_the_next_export(model, preprocessing, parent):
+    output = f"{parent}/export"
+    abandoned = f"{parent}/.export.0123abcd.partial"
+    unrelated = f"{parent}/.other.0123abcd.partial"
+    for directory in (abandoned, unrelated):
+        tf.io.gfile.makedirs(f"{directory}/saved_model")
+    export_for_serving(model, preprocessing, output)
+    assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir(parent)) == [".other.0123abcd.partial", "export"]
