@@ -64,11 +64,12 @@ def load_tensors(
         A `LoadReport`.
 
     Raises:
-        ValueError: Tensors missing from the source, unused by the model or of the wrong shape
-            (named); nothing is loaded then.
+        ValueError: Tensors missing from the source, unused by the model, of the wrong shape,
+            not numeric, or with values that are not finite in the variable's dtype (NaN, inf, or
+            float64 values beyond float32); all are named, and nothing is loaded then.
     """
     targets = {v.path: v for v in model.weights}
-    plan, missing, mismatched, skipped = {}, [], [], []
+    plan, missing, mismatched, skipped, unusable = {}, [], [], [], []
     for path, variable in targets.items():
         name = source_name(path)
         if path.startswith("classifier/") and skip_classifier:
@@ -78,16 +79,29 @@ def load_tensors(
         if name not in tensors:
             missing.append(name)
             continue
-        value = convert(path, np.asarray(tensors[name]))
+        raw = np.asarray(tensors[name])
+        if raw.dtype.kind not in "fiu":
+            unusable.append((name, f"{name} holds {raw.dtype} values, not numbers"))
+            continue
+        value = convert(path, raw)
         if tuple(value.shape) != tuple(variable.shape):
-            mismatched.append((name, f"{name} {tuple(np.shape(tensors[name]))} (as {tuple(value.shape)}) for "
+            mismatched.append((name, f"{name} {tuple(raw.shape)} (as {tuple(value.shape)}) for "
                                      f"{path} {tuple(variable.shape)}"))
             continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = value.astype(variable.dtype)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            count = int(value.size - np.isfinite(value).sum())
+            cause = "" if not np.isfinite(raw).all() else f" once cast from {raw.dtype} to {variable.dtype}"
+            unusable.append((name, f"{name} has {count} non-finite value(s){cause}"))
+            continue
         plan[path] = (name, value)
-    used = {name for name, _ in plan.values()} | set(skipped) | {name for name, _ in mismatched}
+    used = {name for name, _ in plan.values()} | set(skipped) | {name for name, _ in mismatched + unusable}
     unexpected = sorted(n for n in tensors if n not in used and not ignored(n)
                         and not (skip_classifier and n in _classifier_names(model, source_name)))
     problems = []
+    if unusable:
+        problems.append(f"unusable values: {_listing([text for _, text in unusable])}")
     if mismatched:
         problems.append(f"shape mismatch: {_listing([text for _, text in mismatched])}")
     if missing:
@@ -100,6 +114,6 @@ def load_tensors(
         raise ValueError(
             f"Cannot load {source} into {model.name!r}; nothing was loaded. " + "; ".join(problems) + hint + "."
         )
-    for path, (_, value) in plan.items():
-        targets[path].assign(value.astype(targets[path].dtype))
+    for path, (_, value) in plan.items():  # every value checked and cast: the assignments cannot fail part-way
+        targets[path].assign(value)
     return LoadReport(source, sorted(name for name, _ in plan.values()), sorted(skipped))

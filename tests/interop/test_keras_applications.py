@@ -84,6 +84,8 @@ def test_keras_skip_classifier_for_other_classes():
 def test_keras_loader_refuses_other_layouts_and_files(tmp_path):
     with pytest.raises(ValueError, match=r"does not have a keras.applications ResNet layout.*stride_on='3x3'"):
         interop.load_keras_applications_weights(resnet.build("resnet50"), tmp_path / "x.h5")
+    with pytest.raises(ValueError, match=r"does not have a keras.applications ResNet layout.*block"):
+        interop.load_keras_applications_weights(resnet.build("resnet18"), tmp_path / "x.h5")  # basic blocks
     ours = resnet.build("keras_resnet50")
     with pytest.raises(ValueError, match=r"Weights file '.*missing.h5' does not exist"):
         interop.load_keras_applications_weights(ours, tmp_path / "missing.h5")

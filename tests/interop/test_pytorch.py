@@ -53,6 +53,26 @@ def test_torch_loading_is_strict_and_all_or_nothing():
     np.testing.assert_array_equal(ours.get_layer("stem").convs[0].kernel.numpy(), before)
 
 
+@pytest.mark.parametrize("name, value, problem", [
+    ("layer4.1.bn2.bias", np.array(["x"] * 512), "layer4.1.bn2.bias holds <U1 values, not numbers"),
+    ("layer4.1.bn2.bias", np.full(512, 1e300), "layer4.1.bn2.bias has 512 non-finite value(s) once cast from "
+                                               "float64 to float32"),
+    ("layer1.0.conv1.weight", np.full((64, 64, 3, 3), np.nan, "float32"), "layer1.0.conv1.weight has 36864 "
+                                                                         "non-finite value(s)"),
+])
+def test_torch_values_that_are_not_finite_numbers_load_nothing(name, value, problem):
+    """Values are checked before any assignment: a late bad tensor cannot leave the model half-loaded."""
+    ours = resnet.build("resnet18")
+    before = [v.numpy().copy() for v in ours.weights]
+    state = torchvision_resnet18_state()
+    state[name] = value
+    with pytest.raises(ValueError, match="nothing was loaded") as info:
+        interop.load_torch_state_dict(ours, state)
+    assert f"unusable values: {problem}" in str(info.value)
+    for variable, old in zip(ours.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
+
+
 def test_torch_skip_classifier_reports_what_it_skipped():
     ours = resnet.build("resnet18", ["ResNet.num_classes = 10"])
     with pytest.raises(ValueError, match=r"fc.weight \(1000, 512\).*classifier/kernel \(512, 10\).*skip_classifier"):
