@@ -13,7 +13,7 @@ from absl import flags, logging
 
 from resnet import config as gin_config
 from resnet.training import distribution
-from resnet.training.evaluator import restore_model
+from resnet.training.evaluator import restore_model, restore_newest_intact
 from resnet.training.rundir import RunDirectory
 from resnet.training.trainer import Trainer, TrainingDiverged, TrainingStopped
 
@@ -104,11 +104,11 @@ def restored_model(model_dir: str, gin_params: list[str], checkpoint: str):
         model, an `Evaluator` of it, and the checkpoint path restored.
     """
     trainer = trainer_from_run(model_dir, gin_params)
-    path = trainer.run_dir.checkpoint_path(checkpoint)
-    if path is None:
+    candidates = trainer.run_dir.checkpoint_candidates(checkpoint)
+    if not candidates:
         raise ValueError(f"No {checkpoint!r} checkpoint in {model_dir!r}; train first.")
     model, evaluator = trainer.build_evaluator()
-    restore_model(model, path)
+    path = restore_newest_intact(lambda path: restore_model(model, path), candidates)
     return trainer, model, evaluator, path
 
 

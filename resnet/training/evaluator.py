@@ -7,7 +7,8 @@ figures its epoch recorded in `metrics.csv`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -122,6 +123,35 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, what: str = "
         status.assert_existing_objects_matched()
     except AssertionError as error:
         raise ValueError(f"Checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+
+
+# What reading a damaged checkpoint raises (a truncated data file: "Read less bytes than
+# requested"; a missing or corrupt shard or index). A checkpoint of another model is a ValueError.
+UNREADABLE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError,
+              tf.errors.InternalError)
+
+
+def restore_newest_intact(restore: Callable[[str], None], candidates: Sequence[str]) -> str | None:
+    """Calls `restore(path)` on each of `candidates` (newest first) until one can be read, and
+    returns it (None if there are no candidates). Each unreadable one is reported on stderr with
+    the one used instead.
+
+    Raises:
+        ValueError: No candidate could be read (each named with its error).
+    """
+    unreadable = []
+    for path in candidates:
+        try:
+            restore(path)
+        except UNREADABLE as error:
+            unreadable.append(f"{path} ({_first_line(error)})")
+            continue
+        for entry in unreadable:
+            print(f"Warning: checkpoint {entry} cannot be read; using {path} instead.", file=sys.stderr, flush=True)
+        return path
+    if unreadable:
+        raise ValueError("No checkpoint could be read (truncated or corrupt files?): " + "; ".join(unreadable))
+    return None
 
 
 def restore_model(model: keras.Model, path: str) -> None:

@@ -80,6 +80,11 @@ def join(path: str, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def _in_directory(directory: str, path: str) -> str:
+    """A checkpoint path from a `checkpoint` state file, which records relative paths as they are."""
+    return path if path.startswith("/") or "://" in path else join(directory, path)
+
+
 def local_path(path: str) -> str | None:
     """The operating system's path for a local `path` (plain or `file://`), else None."""
     if path.startswith("file://"):
@@ -143,8 +148,27 @@ class MetricsLog:
         self.columns = list(columns)
 
     def rows(self) -> list[dict[str, str]]:
+        """The rows, in file order.
+
+        Raises:
+            ValueError: The file is damaged: no "epoch" column, or a row whose epoch is not a
+                positive whole number (the file and line are named).
+        """
         text = read_text(self.path)
-        return [] if text is None else list(csv.DictReader(io.StringIO(text)))
+        if text is None:
+            return []
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
+            raise ValueError(f"{self.path} line 1: the header {reader.fieldnames} has no 'epoch' column; "
+                             f"expected {','.join(self.columns)}. Repair or move the file.")
+        rows = []
+        for row in reader:
+            epoch = row.get("epoch") or ""
+            if not (epoch.isdigit() and int(epoch) > 0):
+                raise ValueError(f"{self.path} line {reader.line_num}: epoch {epoch!r} is not a positive whole "
+                                 "number; repair or remove the line (each line is one epoch's metrics).")
+            rows.append(row)
+        return rows
 
     def write(self, row: Mapping[str, Any]) -> None:
         epoch = str(row["epoch"])
@@ -265,6 +289,23 @@ class RunDirectory:
                 f"{', '.join(map(repr, CHECKPOINT_KINDS))}."
             )
         return which
+
+    def checkpoint_candidates(self, which: str) -> list[str]:
+        """The checkpoints to try, newest first, when restoring `which`: for "backup", every
+        backup and then every epoch checkpoint (so an unreadable backup falls back to the newest
+        intact epoch); for "checkpoints", every epoch checkpoint; otherwise `checkpoint_path(which)`
+        alone (a "best" checkpoint or a path is never replaced by another one)."""
+        kinds = {"backup": ("backup", "checkpoints"), "checkpoints": ("checkpoints",)}.get(which)
+        if kinds is None:
+            path = self.checkpoint_path(which)
+            return [path] if path else []
+        found = []
+        for kind in kinds:
+            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))
+            if state is not None:
+                paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+                found += [_in_directory(self.checkpoint_dir(kind), p) for p in reversed(paths)]
+        return found
 
     # ----------------------------------------------------------------------- identity
 

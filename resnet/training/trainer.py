@@ -21,6 +21,7 @@ from typing import Any
 
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
 
 from resnet.data.pipeline import InputPipeline
@@ -28,7 +29,13 @@ from resnet.data.preprocessing import Preprocessing
 from resnet.data.sources import DataSource
 from resnet.model import ResNet
 from resnet.training import distribution
-from resnet.training.evaluator import Evaluator, data_errors_named, restore_checkpoint, variables_by_path
+from resnet.training.evaluator import (
+    Evaluator,
+    data_errors_named,
+    restore_checkpoint,
+    restore_newest_intact,
+    variables_by_path,
+)
 from resnet.training.finetune import PretrainedWeights, freeze
 from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory, join
 from resnet.training.schedules import learning_rate_schedule
@@ -170,6 +177,7 @@ class Trainer:
         self.initial_weights = initial_weights
         self.freeze_stages = freeze_stages
         self._built = False
+        self._all_finite = None  # built on first use by `_check_finite`
 
     # ----------------------------------------------------------------------------- building
 
@@ -202,6 +210,13 @@ class Trainer:
         keras.utils.set_random_seed(self.seed)
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
         self.steps = self.steps_per_epoch or self.pipeline.steps_per_epoch()
+        count = self.data.num_examples("train")
+        if not self.steps and count is not None:
+            raise ValueError(
+                f"`Trainer.batch_size` {self.batch_size} is larger than the {count} training images of "
+                f"{self.data.name!r}: not one full batch per epoch. Use a batch of at most {count}, or bind "
+                "`Trainer.steps_per_epoch` to repeat the data within an epoch."
+            )
         if not self.steps:
             raise ValueError(
                 f"Cannot tell how many steps make an epoch of {self.data.name!r} data: bind "
@@ -274,16 +289,19 @@ class Trainer:
 
     def restore(self, which: str = "backup") -> str | None:
         """Restores the whole training state from the newest checkpoint of `which` ("backup",
-        "checkpoints", "best") or from a checkpoint path.
+        "checkpoints", "best") or from a checkpoint path. A damaged newest backup (a truncated
+        file) falls back to the newest one that can be read, backups then epoch checkpoints,
+        saying so on stderr (see `RunDirectory.checkpoint_candidates`).
 
         Returns:
             The checkpoint path restored, or None if there was none.
+
+        Raises:
+            ValueError: The checkpoint does not fit the model, or none could be read.
         """
         self.build()
-        path = self.run_dir.checkpoint_path(which)
-        if path is not None:
-            restore_checkpoint(self.checkpoint, path)
-        return path
+        return restore_newest_intact(lambda path: restore_checkpoint(self.checkpoint, path),
+                                     self.run_dir.checkpoint_candidates(which))
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates the current weights on the whole evaluation split (see `Evaluator`)."""
@@ -317,6 +335,8 @@ class Trainer:
             if self.is_chief:
                 run.create()  # adds nothing to an existing directory; fails clearly if unwritable
             run.check_same_run(operative)
+            if self.is_chief:
+                run.metrics.rows()  # a damaged metrics.csv is refused now, not after an epoch of training
             if not self.is_chief:
                 try:
                     return self._train_resumed(run.worker_scratch(distribution.task_name(self.strategy)))
@@ -380,23 +400,22 @@ class Trainer:
             loss, hits = (float(t) for t in train_step(batch))
             global_step = epoch * self.steps + step + 1
             if not math.isfinite(loss):
-                last = self.run_dir.checkpoint_path("backup")
-                raise TrainingDiverged(
-                    f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, step "
-                    f"{step + 1}); stopping. The last good checkpoint is {last or 'none (nothing saved yet)'}."
-                )
+                raise self._diverged(f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, "
+                                     f"step {step + 1})")
             loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
             if bar is not None:
                 bar.update(step + 1, [("loss", loss), ("accuracy", hits / self.batch_size)])
             self.step_in_epoch.assign(step + 1)
             self.run_dir.heartbeat()
             if stop.agreed():
+                self._check_finite(global_step)
                 managers["backup"].save(checkpoint_number=global_step)
                 raise TrainingStopped(
                     f"Stopped by a stop signal at step {global_step} (epoch {epoch + 1}, step {step + 1}) after "
                     f"saving a backup in {self.model_dir}; run the same command again to resume."
                 )
             if self.backup_every_steps and (step + 1) % self.backup_every_steps == 0 and step + 1 < self.steps:
+                self._check_finite(global_step)
                 managers["backup"].save(checkpoint_number=global_step)
         if steps_done == 0 and skip < self.steps:
             raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
@@ -415,18 +434,35 @@ class Trainer:
         self._end_epoch(epoch, row, managers, writer)
         return row
 
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error ending a diverged run; it names the newest backup, the last good checkpoint
+        (no checkpoint with non-finite weights is ever saved, see `_check_finite`)."""
+        last = self.run_dir.checkpoint_path("backup")
+        return TrainingDiverged(f"{what}; stopping. The last good checkpoint is {last or 'none (nothing saved yet)'}.")
+
+    def _check_finite(self, global_step: int) -> None:
+        """Raises `TrainingDiverged` instead of letting a checkpoint save non-finite weights: the
+        loss can stay finite while weights overflow (moving variances, which a training step
+        does not use, are the first)."""
+        if self._all_finite is None:
+            variables = [v for v in self.model.weights if keras.backend.is_float_dtype(v.dtype)]
+            self._all_finite = tf.function(
+                lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+            )
+        if not bool(self._all_finite()):
+            bad = [v.path for v in self.model.weights
+                   if keras.backend.is_float_dtype(v.dtype) and not np.isfinite(v.numpy()).all()]
+            raise self._diverged(
+                f"The weights hold non-finite values after step {global_step} ({len(bad)} variable(s), "
+                f"first {', '.join(bad[:3])}) though the loss is finite; they are not saved"
+            )
+
     def _end_epoch(self, epoch: int, row: dict, managers, writer) -> None:
         step = row["step"]
+        self._check_finite(step)  # before anything of the epoch is written
         summary = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
         print(f"Epoch {epoch + 1}/{self.epochs}  {summary}  lr {row['learning_rate']:.4g}  ({row['seconds']:.0f}s)", flush=True)
-        if self.is_chief:
-            # Nine significant digits hold a float32 exactly: the figures are those evaluated.
-            self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-            with writer.as_default(step=step):
-                for key, value in row.items():
-                    if key not in ("epoch", "step"):
-                        tf.summary.scalar(key, value)
-            writer.flush()
+        # The epoch's checkpoints first: a failure writing the metrics cannot lose them.
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
         managers["checkpoints"].save(checkpoint_number=epoch + 1)
@@ -435,6 +471,14 @@ class Trainer:
             managers["best"].save(checkpoint_number=epoch + 1)
             if self.is_chief:
                 self.run_dir.write_json("best/best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
+        if self.is_chief:
+            # Nine significant digits hold a float32 exactly: the figures are those evaluated.
+            self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
+            with writer.as_default(step=step):
+                for key, value in row.items():
+                    if key not in ("epoch", "step"):
+                        tf.summary.scalar(key, value)
+            writer.flush()
         # Last: the backup marks the epoch as finished, so a rerun never redoes it.
         managers["backup"].save(checkpoint_number=step)
 

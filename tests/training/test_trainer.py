@@ -1,5 +1,7 @@
 """The training step: weight decay on kernels only, label smoothing, precision, XLA, model checks."""
 
+import os
+
 import gin
 import keras
 import numpy as np
@@ -10,7 +12,7 @@ import resnet
 from conftest import torchvision_resnet18_state
 from resnet import config
 from resnet.training.steps import classification_loss, decayed_kernels, make_train_step
-from resnet.training.trainer import Trainer, variables_by_path
+from resnet.training.trainer import Trainer, TrainingDiverged, variables_by_path
 
 TINY = [
     "ResNet.stage_blocks = (1, 1, 1)",
@@ -151,3 +153,107 @@ def test_fine_tuning_starts_from_pretrained_weights_and_keeps_frozen_stages(tmp_
     # Trained: stage 3 moved away from its pretrained values.
     assert not np.allclose(weights["stage3/block1/conv1/kernel"].numpy(), state["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
     assert trainer.model.get_layer("stage3").trainable and not trainer.model.get_layer("stage2").trainable
+
+
+def test_a_diverging_run_never_saves_non_finite_weights(tmp_path):
+    """With a huge learning rate the weights overflow (moving variances first) while the loss
+    can still be finite: no backup may hold them, and the checkpoint named as the last good one
+    holds only finite values."""
+    trainer = make_trainer(tmp_path, "learning_rate_schedule.base_learning_rate = 1e6", "Trainer.epochs = 3",
+                           "Trainer.steps_per_epoch = 6", "Trainer.backup_every_steps = 1")
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.train()
+    message = str(info.value)
+    named = message.rsplit("The last good checkpoint is ", 1)[1].rstrip(".")
+    saved = sorted(str(p)[:-len(".index")] for p in (tmp_path / "backup").glob("*.index"))
+    if named.startswith("none"):
+        assert saved == []
+    else:
+        assert saved == [named]
+    for path in saved + sorted(str(p)[:-len(".index")] for p in (tmp_path / "checkpoints").glob("*.index")):
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if name.startswith("model/") and np.issubdtype(np.asarray(value).dtype, np.floating):
+                assert np.isfinite(value).all(), (path, name)
+
+
+def truncate(prefix: str) -> None:
+    data = tf.io.gfile.glob(prefix + ".data-*")[0]
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+
+
+def test_a_truncated_backup_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
+    trainer.train()
+    backup = trainer.run_dir.checkpoint_path("backup")
+    assert backup.endswith("backup-4")
+    truncate(backup)
+    capsys.readouterr()
+    gin.clear_config()
+    keras.backend.clear_session()
+    resumed = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
+    assert resumed.restore() == str(tmp_path / "checkpoints" / "epoch-2")
+    assert int(resumed.epoch.numpy()) == 2 and int(resumed.step_in_epoch.numpy()) == 0
+    warning = capsys.readouterr().err
+    assert f"Warning: checkpoint {backup} (" in warning and "cannot be read; using " in warning
+    # Evaluating the run takes the same fallback; with nothing intact, the error names every file.
+    from resnet import cli
+
+    _, _, _, path = cli.restored_model(str(tmp_path), [], "backup")
+    assert path.endswith("epoch-2")
+    for prefix in resumed.run_dir.checkpoint_candidates("checkpoints"):
+        truncate(prefix)
+    with pytest.raises(ValueError, match="No checkpoint could be read.*backup-4.*epoch-2.*epoch-1"):
+        cli.restored_model(str(tmp_path), [], "backup")
+    truncate(resumed.run_dir.checkpoint_path("best"))
+    with pytest.raises(ValueError, match="No checkpoint could be read.*best"):
+        cli.restored_model(str(tmp_path), [], "best")
+
+
+def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
+    trainer.train()
+    gin.clear_config()
+    keras.backend.clear_session()
+    metrics = tmp_path / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:2] + ["garbage,1,2"] + lines[2:]) + "\n")
+    resumed = make_trainer(tmp_path, "Trainer.epochs = 3", "Trainer.backup_every_steps = 0")
+    with pytest.raises(ValueError, match=f"^{metrics} line 3: epoch 'garbage' is not a positive whole number"):
+        resumed.train()
+    assert resumed.run_dir.checkpoint_path("backup").endswith("backup-4")  # nothing trained
+    # A metrics write that fails at the end of an epoch still leaves that epoch's checkpoint.
+    metrics.write_text("\n".join(lines) + "\n")
+    from resnet.training.rundir import MetricsLog
+
+    def failing_write(self, row):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MetricsLog, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        resumed.train()
+    assert (tmp_path / "checkpoints" / "epoch-3.index").exists()
+
+
+def test_a_batch_larger_than_the_data_is_named_as_such(tmp_path):
+    with pytest.raises(ValueError, match=r"^`Trainer.batch_size` 4096 is larger than the 1437 training images of "
+                                         r"'digits': not one full batch per epoch"):
+        make_trainer(tmp_path, "Trainer.batch_size = 4096", "Trainer.steps_per_epoch = None")
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    """TensorBoard or a server under another account must be able to read a run."""
+    previous = os.umask(0o022)
+    try:
+        trainer = make_trainer(tmp_path / "run", "Trainer.backup_every_steps = 0")
+        trainer.train()
+        trainer.run_dir.write_json("eval.json", {"top1": 0.5})
+    finally:
+        os.umask(previous)
+    run = tmp_path / "run"
+    for name in ("metrics.csv", "operative_config.gin", "best/best.json", "eval.json", "checkpoints/checkpoint"):
+        assert oct((run / name).stat().st_mode & 0o777) == oct(0o644), name
+    for name in ("", "best", "checkpoints", "backup"):
+        assert oct((run / name).stat().st_mode & 0o777) == oct(0o755), name
