@@ -7,6 +7,7 @@ figures its epoch recorded in `metrics.csv`.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -111,13 +112,19 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, what: str = "
     """Restores `path` into `checkpoint`, which must match every object it holds.
 
     A checkpoint of another model (other shapes, missing or extra variables) raises one
-    ValueError that names the first mismatches, and leaves no pending restore behind (whose
-    warnings TensorFlow would otherwise print at exit).
+    ValueError that names the first mismatches. A restore that fails part-way (that, or a
+    damaged file: `UNREADABLE`) leaves values pending in TensorFlow's restore machinery, which
+    would log a warning for each of them when it is collected ("unrestored values", "Value in
+    checkpoint could not be found"); the error raised here says it all, so those are dropped.
     """
     try:
         status = checkpoint.restore(path)
     except ValueError as error:  # a shape mismatch is raised while restoring
+        _drop_abandoned_restore_warnings()
         raise ValueError(f"Checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+    except UNREADABLE:
+        _drop_abandoned_restore_warnings()
+        raise
     status.expect_partial()
     try:
         status.assert_existing_objects_matched()
@@ -154,10 +161,52 @@ def restore_newest_intact(restore: Callable[[str], None], candidates: Sequence[s
     return None
 
 
+class _AbandonedRestoreFilter(logging.Filter):
+    """Drops TensorFlow's warnings about the values of a restore that failed (see `restore_checkpoint`)."""
+
+    PREFIXES = (
+        "Detecting that an object or model or tf.train.Checkpoint is being deleted with unrestored values",
+        "Value in checkpoint could not be found in the restored object",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.PREFIXES)
+
+
+_ABANDONED_RESTORE_FILTER = _AbandonedRestoreFilter()
+
+
+def _drop_abandoned_restore_warnings() -> None:
+    logger = tf.get_logger()
+    if _ABANDONED_RESTORE_FILTER not in logger.filters:
+        logger.addFilter(_ABANDONED_RESTORE_FILTER)
+
+
 def restore_model(model: keras.Model, path: str) -> None:
     """Restores only the model's variables from a training checkpoint at `path` (the optimizer
-    state and counters it also holds are not read)."""
-    restore_checkpoint(tf.train.Checkpoint(model=variables_by_path(model)), path, f"model {model.name!r}")
+    state and counters it also holds are not read). A checkpoint holding model variables this
+    model lacks (a deeper network's) is refused too: restoring the rest would be half a model."""
+    variables = variables_by_path(model)
+    expected = {_checkpoint_key(name) for name in variables}
+    prefix, suffix = "model/", "/.ATTRIBUTES/VARIABLE_VALUE"
+    try:
+        stored = [name for name, _ in tf.train.list_variables(path) if name.startswith(prefix) and name.endswith(suffix)]
+    except UNREADABLE:
+        _drop_abandoned_restore_warnings()
+        raise
+    extra = sorted(name[len(prefix):-len(suffix)].replace(".S", "/").replace("..", ".")
+                   for name in stored if name not in expected)
+    if extra:
+        raise ValueError(
+            f"Checkpoint {path} does not fit model {model.name!r}: it holds {len(extra)} variable(s) the model "
+            f"lacks ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})."
+        )
+    restore_checkpoint(tf.train.Checkpoint(model=variables), path, f"model {model.name!r}")
+
+
+def _checkpoint_key(name: str) -> str:
+    """The key `tf.train.Checkpoint(model={name: variable})` stores a variable under."""
+    return "model/" + name.replace(".", "..").replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def _first_line(error: BaseException) -> str:
