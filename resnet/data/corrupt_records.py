@@ -19,9 +19,12 @@ inside the `tf.data` graph, with no Python per image, and check what they read:
 * By default a problem stops iteration with `tf.errors.InvalidArgumentError` whose message names
   the file ("assertion failed: [could not read or decode /data/train/cat/1.jpg ...]"). With
   `skip_corrupt=True` the record is dropped instead: the TF runtime prints a warning naming it
-  to stderr, and the source's `skipped_count()` counts it (a damaged shard counts once: the
-  records after the damage cannot be recovered).
-* Labels outside `[0, num_classes)` always stop iteration, whatever `skip_corrupt` says.
+  to stderr, the source's `skipped_count()` counts it (a damaged shard counts once: the
+  records after the damage cannot be recovered), and `skipped_reports()` keeps the first few
+  reports (`resnet-train` sums up each epoch's with them).
+* Labels outside `[0, num_classes)` always stop iteration, whatever `skip_corrupt` says. They
+  are checked after the `scan`, so a bad label never leaves the scan's state behind (a
+  prefetch reading on would otherwise report the next record as lost).
 
 The checks add a few dataset stages, all in TensorFlow's C++ runtime; benchmarks/RESULTS.md
 gives what they cost.
@@ -42,6 +45,8 @@ _END_TAG = -1
 _DAMAGED_TAG = -2
 # Records announced by one header element in `_CorruptPolicy.decode_in_order`.
 _GROUP = 32
+# Reports of skipped records a source keeps per split for summaries (`skipped_reports`).
+_REPORTS_KEPT = 3
 
 
 def _decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -57,9 +62,10 @@ def _fail_unless(ok: tf.Tensor, message: Callable[[], tf.Tensor]) -> tf.Operatio
 class _CorruptPolicy:
     """What a source does with a record it cannot read: fail naming it, or drop and count it."""
 
-    def __init__(self, owner: str, counter: tf.Variable | None):
+    def __init__(self, owner: str, counter: tf.Variable | None, reports: tf.Variable | None = None):
         self.owner = owner
         self.counter = counter
+        self.reports = reports
 
     def check(self, ok: tf.Tensor, message: Callable[[], tf.Tensor], count: tf.Tensor) -> tf.Operation:
         """An op that does nothing if `ok`; else fails with `message()`, or counts `count` skipped records."""
@@ -68,8 +74,13 @@ class _CorruptPolicy:
             return _fail_unless(ok, lambda: tf.strings.join([message(), hint]))
 
         def skip():
-            with tf.control_dependencies([self.counter.assign_add(tf.cast(count, tf.int64))]):
-                return tf.print(f"WARNING: {self.owner} skipped:", message(), output_stream=sys.stderr)
+            text = message()
+            updates = [self.counter.assign_add(tf.cast(count, tf.int64))]
+            if self.reports is not None:  # the first few, for a summary (see `skipped_reports`)
+                kept = self.reports.value()
+                updates.append(self.reports.assign(tf.concat([kept, text[None]], 0)[:_REPORTS_KEPT]))
+            with tf.control_dependencies(updates):
+                return tf.print(f"WARNING: {self.owner} skipped:", text, output_stream=sys.stderr)
 
         return tf.cond(ok, tf.no_op, skip)
 
@@ -137,7 +148,6 @@ class _CorruptPolicy:
             losses_end = tf.logical_and(payload, lost > 0)
             damaged = tf.logical_and(payload, tf.equal(tag, _DAMAGED_TAG))
             is_record = tf.logical_and(payload, tag >= 0)
-            label_ok = tf.logical_or(tf.logical_not(is_record), check_label(label)[0]) if check_label else tf.constant(True)
 
             def name():
                 return describe(streams[slot][None], indices[slot][None])[0]
@@ -147,9 +157,6 @@ class _CorruptPolicy:
                     "could not read ", name(), " or any record after it: the file is truncated or "
                     "corrupt (TensorFlow logs the cause as a warning).",
                 ])
-
-            def label_message():
-                return tf.strings.join([name(), ": ", check_label(label)[1]()])
 
             def handle():
                 """Names the records just found missing, and reports what ends here."""
@@ -166,26 +173,36 @@ class _CorruptPolicy:
                     self.check(tf.logical_not(losses_end), gap_message, lost),
                     self.check(tf.logical_not(damaged), damage_message, 1),
                 ]
-                if check_label is not None:
-                    reports.append(_fail_unless(label_ok, label_message))
                 with tf.control_dependencies(reports):
                     return tf.identity(all_names)
 
             # One cond per element: names and reports are only built when something is wrong.
-            trouble = tf.reduce_any(tf.stack([missing, losses_end, damaged, tf.logical_not(label_ok)]))
+            trouble = tf.reduce_any(tf.stack([missing, losses_end, damaged]))
             names = tf.cond(trouble, handle, lambda: names)
             state = (
                 streams, indices, tf.where(header, 0, slot + 1), tf.where(payload, tf.constant(0, tf.int64), lost),
                 tf.where(payload, tf.constant(""), names),
             )
+            # The record's stream and number go on for the label check, which runs after the
+            # scan: an error inside the scan would leave its state behind while a prefetch
+            # asks for the next element, which would then be reported as lost.
+            at = tf.maximum(slot, 0)
             with tf.control_dependencies([names]):
-                return state, (tf.identity(image), label)
+                return state, (tf.identity(image), label, streams[at], indices[at], is_record)
 
         start = (
             tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.constant(0, tf.int32), tf.constant(0, tf.int64),
             tf.constant(""),
         )
-        # Only headers and markers have a negative label here: check_label has failed on any other.
+        def checked(image, label, stream, index, is_record):
+            del is_record
+            if check_label is not None:
+                ok, message = check_label(label)
+                failure = _fail_unless(ok, lambda: tf.strings.join([describe(stream[None], index[None])[0], ": ", message()]))
+                with tf.control_dependencies([failure]):
+                    return tf.identity(image), tf.identity(label)
+            return image, label
+
         return (
             records.concatenate(end)
             .batch(_GROUP)
@@ -194,7 +211,8 @@ class _CorruptPolicy:
             .map(decode_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .ignore_errors(log_warning=True)
             .scan(start, find_losses)
-            .filter(lambda image, label: label >= 0)
+            .filter(lambda image, label, stream, index, is_record: is_record)  # headers and markers out
+            .map(checked)
         )
 
 
@@ -206,9 +224,12 @@ class _EncodedImageSource(DataSource):
             raise ValueError(f"`skip_corrupt` must be True or False; received {skip_corrupt!r}.")
         self.skip_corrupt = skip_corrupt
         self._skipped: dict[str, tf.Variable] = {}
+        self._reports: dict[str, tf.Variable] = {}
         if skip_corrupt:
             with tf.init_scope():
                 self._skipped = {s: tf.Variable(0, dtype=tf.int64, trainable=False) for s in SPLITS}
+                self._reports = {s: tf.Variable(tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False)
+                                 for s in SPLITS}
 
     def skipped_count(self, split: str | None = None) -> int:
         """Corrupt records skipped so far while reading `split` (both splits if None).
@@ -220,5 +241,16 @@ class _EncodedImageSource(DataSource):
         splits = SPLITS if split is None else (_check_split(split),)
         return sum(int(self._skipped[s].numpy()) for s in splits if s in self._skipped)
 
+    def skipped_reports(self, split: str, clear: bool = False) -> list[str]:
+        """What was reported for the first few records skipped in `split` since the last clear
+        (up to 3, each naming the file or record), for a summary; `clear` starts afresh."""
+        variable = self._reports.get(_check_split(split))
+        if variable is None:
+            return []
+        reports = [text.decode(errors="replace") for text in variable.numpy()]
+        if clear:
+            variable.assign(tf.zeros([0], tf.string))
+        return reports
+
     def _policy(self, split: str) -> _CorruptPolicy:
-        return _CorruptPolicy(type(self).__name__, self._skipped.get(split))
+        return _CorruptPolicy(type(self).__name__, self._skipped.get(split), self._reports.get(split))

@@ -393,6 +393,7 @@ class Trainer:
         started = time.time()
         bar = self._progress_bar(epoch)
         loss_sum, correct, steps_done = 0.0, 0.0, 0
+        skipped_before = self._skipped_records(clear=True)[0]
         dataset = self.strategy.experimental_distribute_dataset(
             self.pipeline.train(epoch, skip_steps=skip, steps=self.steps_per_epoch)
         )
@@ -419,6 +420,10 @@ class Trainer:
                 managers["backup"].save(checkpoint_number=global_step)
         if steps_done == 0 and skip < self.steps:
             raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
+        count, reports = self._skipped_records()
+        if count > skipped_before:
+            print(f"Epoch {epoch + 1} skipped {count - skipped_before} unreadable training record(s) of "
+                  f"{self.data.name!r}" + (f"; first: {' | '.join(reports).rstrip('.')}" if reports else "") + ".", flush=True)
         results = self.evaluator.evaluate()
         row = {
             "epoch": epoch + 1,
@@ -433,6 +438,13 @@ class Trainer:
         }
         self._end_epoch(epoch, row, managers, writer)
         return row
+
+    def _skipped_records(self, clear: bool = False) -> tuple[int, list[str]]:
+        """Training records the data source has skipped as unreadable so far (`skip_corrupt`),
+        and the reports of the first few since the last clear."""
+        if not hasattr(self.data, "skipped_count"):
+            return 0, []
+        return self.data.skipped_count("train"), self.data.skipped_reports("train", clear=clear)
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error ending a diverged run; it names the newest backup, the last good checkpoint

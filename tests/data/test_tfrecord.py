@@ -65,6 +65,16 @@ def test_tfrecord_label_offset_and_out_of_range_labels(tmp_path):
         read_all(TFRecordData(pattern, pattern, num_classes=5, label_offset=2), "train")
 
 
+def test_a_bad_label_is_an_error_even_when_skipping_and_nothing_is_called_unreadable(tmp_path, capfd):
+    write_shards(tmp_path, shards=1, per_shard=5, offset=1)  # record 4 stores 5, outside [0, 5)
+    pattern = str(tmp_path / "train-*")
+    source = TFRecordData(pattern, pattern, num_classes=5, skip_corrupt=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(record 4\): label 5 .*outside \[0, 5\)"):
+        read_all(source, "train")
+    assert source.skipped_count() == 0
+    assert "could not read" not in capfd.readouterr().err
+
+
 def test_tfrecord_patterns_that_match_nothing_and_wrong_features(tmp_path):
     write_shards(tmp_path, shards=1)
     with pytest.raises(DataError, match=r"No file matches `TFRecordData.eval_files` '.*validation-\*'"):

@@ -267,3 +267,6 @@ def test_corrupt_image_is_named_by_the_training_binary(tmp_path):
     skipping = run("resnet-train", f"--model_dir={tmp_path / 'skipping'}",
                    params=params + ["ImageFolderData.skip_corrupt = True"])
     assert "Epoch 1/1" in skipping.stdout and str(broken) in skipping.stderr
+    # The epoch ends with a summary of what it skipped, naming the first files.
+    assert (f"Epoch 1 skipped 1 unreadable training record(s) of '{tmp_path.name}'; first: could not read or decode "
+            f"{broken} (TensorFlow logs the cause as a warning).\n") in skipping.stdout, skipping.stdout
