@@ -178,7 +178,7 @@ def test_degradation_names_a_missing_data_dir(tmp_path):
 
 
 def test_profile_step_parses_onednn_kernels_and_groups_op_types():
-    profile = load_module("profile_step")
+    profile = load_module("profiling")
     # Multiply-accumulates from oneDNN's shape descriptors: full, w left out (= h), grouped.
     assert profile.convolution_macs("mb4_ic64oc128_ih18oh8kh3sh2dh0ph0_iw18ow8kw3sw2dw0pw0") == 4 * 128 * 8 * 8 * 64 * 9
     assert profile.convolution_macs("mb2_ic3oc64_ih224oh112kh7sh2dh0ph3") == 2 * 64 * 112 * 112 * 3 * 49

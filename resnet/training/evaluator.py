@@ -190,7 +190,9 @@ def restore_model(model: keras.Model, path: str) -> None:
     expected = {_checkpoint_key(name) for name in variables}
     prefix, suffix = "model/", "/.ATTRIBUTES/VARIABLE_VALUE"
     try:
-        stored = [name for name, _ in tf.train.list_variables(path) if name.startswith(prefix) and name.endswith(suffix)]
+        # The reader itself: `tf.train.list_variables` takes a ram:// prefix for a directory.
+        names = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
+        stored = [name for name in names if name.startswith(prefix) and name.endswith(suffix)]
     except UNREADABLE:
         _drop_abandoned_restore_warnings()
         raise
