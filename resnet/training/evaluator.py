@@ -189,15 +189,10 @@ def restore_model(model: keras.Model, path: str) -> None:
     variables = variables_by_path(model)
     expected = {_checkpoint_key(name) for name in variables}
     prefix, suffix = "model/", "/.ATTRIBUTES/VARIABLE_VALUE"
-    try:
-        # The reader itself: `tf.train.list_variables` takes a ram:// prefix for a directory.
-        names = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
-        stored = [name for name in names if name.startswith(prefix) and name.endswith(suffix)]
-    except UNREADABLE:
-        _drop_abandoned_restore_warnings()
-        raise
-    extra = sorted(name[len(prefix):-len(suffix)].replace(".S", "/").replace("..", ".")
-                   for name in stored if name not in expected)
+    # The reader itself: `tf.train.list_variables` takes a ram:// prefix for a directory.
+    names = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
+    extra = sorted(name[len(prefix):-len(suffix)].replace(".S", "/").replace("..", ".") for name in names
+                   if name.startswith(prefix) and name.endswith(suffix) and name not in expected)
     if extra:
         raise ValueError(
             f"Checkpoint {path} does not fit model {model.name!r}: it holds {len(extra)} variable(s) the model "

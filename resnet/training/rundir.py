@@ -80,11 +80,6 @@ def join(path: str, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _in_directory(directory: str, path: str) -> str:
-    """A checkpoint path from a `checkpoint` state file, which records relative paths as they are."""
-    return path if path.startswith("/") or "://" in path else join(directory, path)
-
-
 def local_path(path: str) -> str | None:
     """The operating system's path for a local `path` (plain or `file://`), else None."""
     if path.startswith("file://"):
@@ -301,10 +296,9 @@ class RunDirectory:
             return [path] if path else []
         found = []
         for kind in kinds:
-            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))
+            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))  # full paths, oldest first
             if state is not None:
-                paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-                found += [_in_directory(self.checkpoint_dir(kind), p) for p in reversed(paths)]
+                found += reversed(state.all_model_checkpoint_paths)
         return found
 
     # ----------------------------------------------------------------------- identity

@@ -189,9 +189,9 @@ def _remove_abandoned_staging(output: str) -> None:
     """Removes the staging directories of exports to `output` that were killed before they ended."""
     parent, name = os.path.dirname(output), os.path.basename(output)
     pattern = re.compile(re.escape(f".{name}.") + r"[0-9a-f]{8}" + re.escape(STAGING_SUFFIX))
-    for entry in tf.io.gfile.listdir(parent or "."):
-        if pattern.fullmatch(entry.rstrip("/")):
-            tf.io.gfile.rmtree(join(parent, entry.rstrip("/")) if parent else entry.rstrip("/"))
+    for entry in (entry.rstrip("/") for entry in tf.io.gfile.listdir(parent or ".")):
+        if pattern.fullmatch(entry):
+            tf.io.gfile.rmtree(join(parent, entry))
 
 
 def calibration_batches(data: DataSource, size: Sequence[int], count: int) -> Callable[[], Iterable[np.ndarray]]:

@@ -210,8 +210,8 @@ class Trainer:
         keras.utils.set_random_seed(self.seed)
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
         self.steps = self.steps_per_epoch or self.pipeline.steps_per_epoch()
-        count = self.data.num_examples("train")
-        if not self.steps and count is not None:
+        count = None if self.steps else self.data.num_examples("train")  # counted again only to explain
+        if count is not None:
             raise ValueError(
                 f"`Trainer.batch_size` {self.batch_size} is larger than the {count} training images of "
                 f"{self.data.name!r}: not one full batch per epoch. Use a batch of at most {count}, or bind "
