@@ -16,19 +16,21 @@ AUTOTUNE = tf.data.AUTOTUNE
 class InputPipeline:
     """Batches of preprocessed images from a `DataSource`.
 
-    Each training epoch is a fresh pass over the training split in an order fixed by
-    `(seed, epoch)` alone, and the n-th image of epoch `epoch` is augmented with random numbers
-    fixed by `(seed, epoch, n)` (stateless random ops, see `Preprocessing.train`): two pipelines
-    with the same seed give the same batches bit for bit, and a run resumed in the middle of an
-    epoch (`train(epoch, skip_steps)`) gets exactly the batches it had not yet seen.
+    Training reads one stream of passes over the training split, pass `p` in an order fixed by
+    `(seed, p)` alone, and the n-th image of epoch `e` is augmented with random numbers fixed by
+    `(seed, e, n)` (stateless random ops, see `Preprocessing.train`): two pipelines with the same
+    seed give the same batches bit for bit, and a run resumed in the middle of an epoch
+    (`train(epoch, skip_steps)`) gets exactly the batches it had not yet seen. An epoch is one
+    pass, or, with `steps`, that many batches, each epoch going on where the last one stopped
+    (see `train`).
 
-    Without `cache` (for datasets larger than memory, e.g. ImageNet), an epoch shuffles the
+    Without `cache` (for datasets larger than memory, e.g. ImageNet), a pass shuffles the
     source's undecoded records (`DataSource.records`: image paths, serialized Examples), skips
     those of the batches already seen, and only then reads and decodes images, in parallel: a
     resumed epoch does not decode what it skips (TFRecord shards are still read up to the
     resume point, as the shuffle needs their records; `TfdsData`, whose records are decoded
     examples, still decodes them). With `cache` on (the default), decoded images are kept in
-    memory after the first pass and every epoch shuffles them; skipping is then a pass over
+    memory after the first pass and every pass shuffles them; skipping is then a pass over
     memory, and a process that resumes before its cache is filled decodes the images it skips
     once, to fill it. Both give the same batches (unless a source with `skip_corrupt` drops
     records). Images are then augmented in parallel, batched and prefetched.
@@ -84,44 +86,114 @@ class InputPipeline:
         self._train = source.examples("train").cache() if self.cache else source.records("train")
         evaluation = source.examples("eval")
         self._eval = evaluation.cache() if self.cache else evaluation
+        self._split_count: int | None = None  # counted by `_split_size` when the source cannot tell it
 
     def steps_per_epoch(self) -> int | None:
         """Full training batches in one pass over the training split (None if unknown)."""
         count = self.source.num_examples("train")
         return None if count is None else count // self.batch_size
 
-    def train(self, epoch: int, skip_steps: int = 0, steps: int | None = None) -> tf.data.Dataset:
-        """The batches of training epoch `epoch`, after the first `skip_steps` of them.
+    def train(self, epoch: int, skip_steps: int = 0, steps: int | None = None, epochs: int = 1) -> tf.data.Dataset:
+        """The batches of training epochs `epoch` to `epoch + epochs - 1`, after the first
+        `skip_steps` batches of the first.
+
+        Training reads one stream: passes over the training split, pass `p` shuffled in an order
+        fixed by `(seed, p)`. Without `steps` an epoch is one pass (epoch `e` is pass `e`), less
+        the records that do not fill a batch. With `steps` an epoch is `steps` batches and the
+        next epoch goes on where it stopped, so epochs shorter than the split see all of it in
+        turn (ten epochs of a tenth of it see every example once) and longer ones repeat it.
+        Calls for consecutive epochs give the same batches as one call for all of them.
 
         Args:
-            epoch: Epoch index; with the seed it fixes the order and the augmentation.
-            skip_steps: Batches of this epoch already trained on (resuming mid-epoch). Without
-                `cache` they are skipped before decoding, so a record that a source with
-                `skip_corrupt` would have dropped among them shifts the rest of the epoch by
+            epoch: First epoch index; with the seed it fixes the order and the augmentation.
+            skip_steps: Batches of the first epoch already trained on (resuming mid-epoch).
+                Without `cache` they are skipped before decoding, so a record that a source with
+                `skip_corrupt` would have dropped among them shifts the rest of the stream by
                 one image.
-            steps: Batches per epoch, when an epoch is not one pass over the data (the split is
-                repeated as needed).
+            steps: Batches per epoch, when an epoch is not one pass over the data.
+            epochs: Consecutive epochs to deliver.
+
+        Where an epoch starts inside the stream depends on the size of the split; a source that
+        cannot tell it (`TFRecordData`) has its records counted once (a read of every record,
+        without decoding) when that is needed: to resume, or to start at a later epoch, with
+        `steps`, or for several epochs without `steps`.
         """
         check_int("epoch", epoch, minimum=0)
         check_int("skip_steps", skip_steps, minimum=0)
+        check_int("epochs", epochs)
         if steps is not None:
             check_int("steps", steps)
-        skipped = skip_steps * self.batch_size
-        ordered = self._train.repeat() if steps is not None else self._train
-        ordered = ordered.shuffle(self.shuffle_buffer, seed=self.seed * 100_003 + epoch, reshuffle_each_iteration=False)
-        ordered = ordered.skip(skipped)
-        examples = ordered if self.cache else self.source.decode(ordered, "train")
-        if steps is not None:
-            examples = examples.take(max(steps - skip_steps, 0) * self.batch_size)
-        epoch_key = tf.constant([self.seed, epoch], tf.int64)
+        batch = self.batch_size
+        if steps is None and epochs == 1:
+            # One pass; its size need not be known, the last partial batch is dropped.
+            epoch_length, pass_length, first_pass, offset, passes = None, None, epoch, skip_steps * batch, 1
+        else:
+            start = (epoch * (steps or 0) + skip_steps) * batch
+            size = self._split_size() if start or steps is None else self._known_split_size()
+            if steps is None:
+                pass_length = epoch_length = size // batch * batch
+                first_pass, offset, passes = epoch, skip_steps * batch, epochs
+            else:
+                epoch_length, pass_length = steps * batch, None
+                first_pass, offset = divmod(start, size) if size else (0, 0)
+                # Each pass holds a record at least (an empty split gives none), which bounds
+                # the passes the epochs need, also when `skip_corrupt` drops some.
+                passes = 0 if size == 0 else offset + (epochs * steps - skip_steps) * batch
+        ordered = tf.data.Dataset.range(first_pass, first_pass + passes).flat_map(
+            lambda index: self._pass(index, pass_length)
+        )
+        examples = self.source.decode(ordered.skip(offset), "train") if not self.cache else ordered.skip(offset)
+        if epoch_length is not None:
+            examples = examples.take(epochs * epoch_length - skip_steps * batch)
+        augmented = examples.enumerate(start=skip_steps * batch).map(
+            lambda position, example: self._augment(epoch, epoch_length, position, example),
+            num_parallel_calls=AUTOTUNE, deterministic=True,
+        )
+        return augmented.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
-        def augment(position, example):
-            image, label = example
-            seed = tf.random.experimental.stateless_fold_in(epoch_key, position)
-            return self.preprocessing.train(image, seed=seed), label
+    def _pass(self, index: tf.Tensor, length: int | None) -> tf.data.Dataset:
+        """Pass `index` over the training records (decoded images when cached), in the order
+        fixed by `(seed, index)`, cut to its first `length` records (None: all)."""
+        # Traced in its own graph (by `flat_map`): without a graph-level seed there, the order
+        # does not depend on TensorFlow's global seed (and a global seed of 0 with a tensor
+        # seed would trip `tf.random.get_seed`).
+        tf.compat.v1.get_default_graph().seed = None
+        records = self._train.shuffle(
+            self.shuffle_buffer, seed=self.seed * 100_003 + index, reshuffle_each_iteration=False
+        )
+        return records if length is None else records.take(length)
 
-        augmented = examples.enumerate(start=skipped).map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return augmented.batch(self.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    def _augment(self, epoch: int, epoch_length: int | None, position: tf.Tensor, example):
+        """Augments the image at `position` of the stream from the start of epoch `epoch` with
+        random numbers fixed by the seed, its epoch and its place in that epoch."""
+        image, label = example
+        if epoch_length is None:
+            key, place = tf.constant([self.seed, epoch], tf.int64), position
+        else:
+            key = tf.stack([tf.constant(self.seed, tf.int64), epoch + position // epoch_length])
+            place = position % epoch_length
+        seed = tf.random.experimental.stateless_fold_in(key, place)
+        return self.preprocessing.train(image, seed=seed), label
+
+    def _known_split_size(self) -> int | None:
+        """The split's size if the source knows it; else None, after checking the split holds a record."""
+        size = self.source.num_examples("train") if self._split_count is None else self._split_count
+        if size is None:
+            for _ in self.source.records("train").take(1):
+                return None
+            return 0
+        return size
+
+    def _split_size(self) -> int:
+        """The number of training records (images when cached), counted once if the source
+        cannot tell it."""
+        if self._split_count is None:
+            self._split_count = self.source.num_examples("train")
+        if self._split_count is None:
+            print(f"Counting the training records of {self.source.name!r}, whose number it cannot tell, to find "
+                  "where the epoch starts in the stream of passes over them (once per process)...", flush=True)
+            self._split_count = int(self._train.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+        return self._split_count
 
     def eval(self) -> tf.data.Dataset:
         """Every example of the evaluation split once, in order, in batches."""

@@ -12,6 +12,7 @@ and restores, `RunDirectory` owns the files of `model_dir`, and `Trainer` is the
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -74,7 +75,9 @@ class Trainer:
         model: The model class (or a function) that gin builds; `ResNet` by default.
         epochs: Number of epochs.
         batch_size: Global batch size: the images of one step over all replicas.
-        steps_per_epoch: Steps per epoch; None means one pass over the training split.
+        steps_per_epoch: Steps per epoch; None means one pass over the training split. An
+            epoch of `steps_per_epoch` goes on where the last one stopped, so short epochs
+            see all of the data in turn (see `InputPipeline.train`).
         learning_rate: A function `(steps_per_epoch, total_steps, batch_size) -> schedule`;
             by default `learning_rate_schedule`, whose arguments gin binds.
         momentum: SGD momentum.
@@ -381,23 +384,27 @@ class Trainer:
         row: dict[str, float] = {}
         try:
             with distribution.StopSignal(self.strategy) as stop:
+                if start_epoch < self.epochs:
+                    # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
+                    # where the last one stopped, without skipping to it again (see InputPipeline.train).
+                    stream = iter(self.strategy.experimental_distribute_dataset(self.pipeline.train(
+                        start_epoch, skip_steps=skip, steps=self.steps_per_epoch, epochs=self.epochs - start_epoch
+                    )))
                 for epoch in range(start_epoch, self.epochs):
-                    row = self._train_epoch(epoch, skip, train_step, managers, writer, stop)
+                    batches = itertools.islice(stream, self.steps - skip)
+                    row = self._train_epoch(epoch, skip, batches, train_step, managers, writer, stop)
                     skip = 0
         finally:
             if writer is not None:
                 writer.close()
         return row
 
-    def _train_epoch(self, epoch: int, skip: int, train_step, managers, writer, stop) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, skip: int, batches, train_step, managers, writer, stop) -> dict[str, float]:
         started = time.time()
         bar = self._progress_bar(epoch)
         loss_sum, correct, steps_done = 0.0, 0.0, 0
         skipped_before = self._skipped_records(clear=True)[0]
-        dataset = self.strategy.experimental_distribute_dataset(
-            self.pipeline.train(epoch, skip_steps=skip, steps=self.steps_per_epoch)
-        )
-        for step, batch in enumerate(data_errors_named(dataset, self.data.name), start=skip):
+        for step, batch in enumerate(data_errors_named(batches, self.data.name), start=skip):
             loss, hits = (float(t) for t in train_step(batch))
             global_step = epoch * self.steps + step + 1
             if not math.isfinite(loss):

@@ -1,6 +1,6 @@
-"""InputPipeline: order and augmentation fixed by (seed, epoch), exact mid-epoch resume that
-decodes nothing it skips, full training batches, repetition, evaluation in order, and checked
-arguments."""
+"""InputPipeline: order fixed by (seed, pass) and augmentation by (seed, epoch), exact mid-epoch
+resume that decodes nothing it skips, full training batches, short epochs that go on through the
+data, evaluation in order, and checked arguments."""
 
 import os
 
@@ -198,6 +198,13 @@ def test_the_order_of_an_epoch_is_a_permutation_fixed_by_seed_and_epoch(cache):
     assert order(3, 0) == first  # a new pipeline, as after a restart
     assert len({tuple(first), tuple(order(3, 1)), tuple(order(4, 0))}) == 3
     assert order(3, 0, shuffle_buffer=1) == order(4, 2, shuffle_buffer=1) == list(range(30))
+    second = order(3, 1)
+    try:
+        for global_seed in (0, 12):  # TensorFlow's global seed (the trainer sets it) changes nothing
+            tf.random.set_seed(global_seed)
+            assert order(3, 0) == first and order(3, 1) == second
+    finally:
+        tf.random.set_seed(None)
 
 
 def test_cached_and_uncached_epochs_have_the_same_order_and_images():
@@ -272,6 +279,63 @@ def test_steps_repeat_the_split_and_resume_within_them(cache):
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_short_epochs_go_on_through_the_split_instead_of_rereading_its_head(cache):
+    # 5 steps of 10 from 1000 examples through a buffer of 50: each epoch used to start a new
+    # pass, and 10 epochs saw 93 distinct examples.
+    pipe = InputPipeline(Numbered(train_examples=1000), Preprocessing(**PLAIN), batch_size=10, seed=4,
+                         cache=cache, shuffle_buffer=50)
+    seen = [epoch_labels(pipe, epoch=epoch, steps=5) for epoch in range(20)]
+    assert len(set(sum(seen[:10], []))) == 500
+    assert sorted(sum(seen, [])) == list(range(1000))  # 20 epochs: every example exactly once
+    assert sorted(epoch_labels(pipe, epoch=20, steps=100)) == list(range(1000))  # the next pass
+    assert epoch_labels(pipe, epoch=20, steps=100) != sum(seen, [])  # in another order
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["sized", "unsized"])
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_epochs_are_consecutive_stretches_of_one_stream_and_resume_anywhere_in_it(cache, counted):
+    # 30 examples, epochs of 3 batches of 4: epochs cross the ends of passes.
+    def pipeline():  # a new source and pipeline for each call, as in a restarted process
+        return InputPipeline(Numbered(counted=counted), Preprocessing("cifar", image_size=8, pad=2), batch_size=4,
+                             seed=3, cache=cache, shuffle_buffer=7)
+
+    stream = batches(pipeline().train(epoch=0, steps=3, epochs=6))
+    assert len(stream) == 18
+    labels = np.concatenate([labels for _, labels in stream]).tolist()
+    assert sorted(labels[:60]) == sorted(2 * list(range(30)))  # two whole passes, then the third
+    assert labels[:30] != labels[30:60]
+    for epoch in range(6):
+        assert_same(batches(pipeline().train(epoch=epoch, steps=3)), stream[3 * epoch:3 * epoch + 3])
+    for epoch, skip in ((0, 2), (2, 1), (4, 2), (5, 3)):
+        assert_same(batches(pipeline().train(epoch=epoch, skip_steps=skip, steps=3, epochs=6 - epoch)),
+                    stream[3 * epoch + skip:])
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_several_epochs_of_one_pass_each_are_the_epochs_one_after_another(cache):
+    pipe = InputPipeline(Numbered(), Preprocessing("cifar", image_size=8, pad=2), batch_size=4, seed=6,
+                         cache=cache, shuffle_buffer=9)
+    each = [batches(pipe.train(epoch=epoch)) for epoch in (2, 3, 4)]
+    assert_same(batches(pipe.train(epoch=2, epochs=3)), sum(each, []))
+    assert_same(batches(pipe.train(epoch=2, skip_steps=5, epochs=3)), sum(each, [])[5:])
+    unsized = InputPipeline(Numbered(counted=False), Preprocessing("cifar", image_size=8, pad=2), batch_size=4,
+                            seed=6, cache=cache, shuffle_buffer=9)
+    assert_same(batches(unsized.train(epoch=2, skip_steps=5, epochs=3)), sum(each, [])[5:])
+
+
+def test_a_split_of_unknown_size_is_counted_once_and_only_when_needed(capsys):
+    source = Numbered(counted=False)
+    pipe = InputPipeline(source, Preprocessing(**PLAIN), batch_size=4, seed=1, cache=False)
+    assert len(batches(pipe.train(epoch=0, steps=3))) == 3 and len(batches(pipe.train(epoch=0))) == 7
+    assert "Counting" not in capsys.readouterr().out  # the start of the stream, or one pass
+    pipe.train(epoch=1, steps=3)
+    pipe.train(epoch=0, skip_steps=1, steps=3)
+    assert capsys.readouterr().out.count("Counting the training records of 'numbered'") == 1
+    empty = InputPipeline(Numbered(train_examples=0, counted=False), Preprocessing(**PLAIN), batch_size=4)
+    assert batches(empty.train(epoch=0, steps=3)) == batches(empty.train(epoch=2, steps=3)) == []
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
 def test_eval_is_every_example_in_order(tmp_path, cache):
     source = tfrecord_source(tmp_path)
     prep = Preprocessing(**IMAGENET)
@@ -320,6 +384,7 @@ def test_constructor_arguments_are_checked():
         ({"epoch": -1}, r"`epoch` must be an integer >= 0; received -1"),
         ({"epoch": 0, "skip_steps": -2}, r"`skip_steps` must be an integer >= 0; received -2"),
         ({"epoch": 0, "steps": 0}, r"`steps` must be an integer >= 1; received 0"),
+        ({"epoch": 0, "epochs": 0}, r"`epochs` must be an integer >= 1; received 0"),
     ],
 )
 def test_train_arguments_are_checked(kwargs, message):

@@ -243,6 +243,32 @@ def test_a_batch_larger_than_the_data_is_named_as_such(tmp_path):
         make_trainer(tmp_path, "Trainer.batch_size = 4096", "Trainer.steps_per_epoch = None")
 
 
+@pytest.mark.parametrize("steps", ["3", "None"])
+def test_the_epochs_of_a_run_are_consecutive_stretches_of_the_pipelines_stream(tmp_path, steps):
+    """Epochs of `steps_per_epoch` go on where the last one stopped (not from the head of a new
+    pass), read as one stream: what the trainer trains on is `InputPipeline.train` for all epochs."""
+    trainer = make_trainer(tmp_path, f"Trainer.steps_per_epoch = {steps}", "Trainer.epochs = 3",
+                           "Trainer.batch_size = 256", "Trainer.backup_every_steps = 0")
+    trained = []
+
+    def record(batch):
+        trained.append((batch[0].numpy(), batch[1].numpy()))
+        return tf.constant(1.0), tf.constant(0.0)
+
+    calls = []
+    stream = trainer.pipeline.train
+    trainer.make_train_step = lambda: record
+    trainer.pipeline.train = lambda *args, **kwargs: calls.append(kwargs) or stream(*args, **kwargs)
+    trainer.train()
+    assert len(calls) == 1  # later epochs need no skipping to their start
+    expected = [(images.numpy(), labels.numpy()) for images, labels in
+                stream(0, steps=trainer.steps_per_epoch, epochs=3)]
+    assert len(trained) == len(expected) == 3 * trainer.steps
+    for (images, labels), (want_images, want_labels) in zip(trained, expected):
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)
+
+
 def test_run_files_follow_the_umask(tmp_path):
     """TensorBoard or a server under another account must be able to read a run."""
     previous = os.umask(0o022)
