@@ -3,12 +3,15 @@
     python benchmarks/resume_input.py --json=resume_input.json
 
 Writes ImageNet-format TFRecord shards of `--images` JPEGs (300-400 x 350-450 pixels, smooth
-noise, quality 90), then times, from the call of `InputPipeline.train(epoch, skip_steps=...)`
-to its first batch, an uncached epoch (`InputPipeline.cache = False`, the ImageNet recipe at
-`--image_size`) started at step 0 and resumed at `--resume_fraction` of its steps, as the
-trainer asks for them (`steps` = images // batch size). The two alternate, `--repeats` times
-each, after one untimed call of each; the medians and their ratio are reported, for each
-shuffle buffer of `--shuffle_buffers` (InputPipeline's default is 10,000 records).
+noise, quality 90), then times, from the construction of an `InputPipeline` to the first batch
+of its `train(0, skip_steps=...)`, an uncached first epoch (`InputPipeline.cache = False`, the
+ImageNet recipe at `--image_size`) started at step 0 and resumed at `--resume_fraction` of its
+steps, as a restarted trainer asks for them (`steps` = images // batch size). A new pipeline
+per call, as in a new process: the resumed one counts the shards' records first (a TFRecord
+split does not know its size, and a resumed epoch starts at a place in the stream of passes
+found from it). The two alternate, `--repeats` times each, after one untimed call of each;
+the medians and their ratio are reported, for each shuffle buffer of `--shuffle_buffers`
+(InputPipeline's default is 10,000 records).
 
 With `--measure_old`, the approach this pipeline replaced is timed alongside: decode every
 image, shuffle the decoded images, then skip. With `--measure_decode`, the images/s of
@@ -18,6 +21,8 @@ are compared with a plain parallel parse-and-decode of the same shards.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
 import statistics
@@ -82,7 +87,8 @@ def skip_after_decoding(pipeline, epoch: int, skip_steps: int, steps: int):
 
 def seconds_to_first_batch(make_batches) -> float:
     start = time.perf_counter()
-    next(iter(make_batches()))
+    with contextlib.redirect_stdout(io.StringIO()):  # the pipeline's note that it counts the records
+        next(iter(make_batches()))
     return time.perf_counter() - start
 
 
@@ -90,17 +96,18 @@ def summary(values: list[float]) -> dict:
     return {"seconds": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def measure_resume(pipeline, steps: int, resume_step: int) -> dict:
+def measure_resume(make_pipeline, steps: int, resume_step: int) -> dict:
     """Medians of the time to the first batch, starting and resuming, new and (optionally) old,
-    their ratios, and what each skipped image added, in milliseconds."""
-    epoch = 1
+    their ratios, and what each skipped image added, in milliseconds. Each call builds its
+    pipeline with `make_pipeline()`, as a new process would."""
+    epoch = 0
     cases = {
-        "start": lambda: pipeline.train(epoch, skip_steps=0, steps=steps),
-        "resumed": lambda: pipeline.train(epoch, skip_steps=resume_step, steps=steps),
+        "start": lambda: make_pipeline().train(epoch, skip_steps=0, steps=steps),
+        "resumed": lambda: make_pipeline().train(epoch, skip_steps=resume_step, steps=steps),
     }
     if FLAGS.measure_old:
-        cases["old_start"] = lambda: skip_after_decoding(pipeline, epoch, 0, steps)
-        cases["old_resumed"] = lambda: skip_after_decoding(pipeline, epoch, resume_step, steps)
+        cases["old_start"] = lambda: skip_after_decoding(make_pipeline(), epoch, 0, steps)
+        cases["old_resumed"] = lambda: skip_after_decoding(make_pipeline(), epoch, resume_step, steps)
     for make in cases.values():
         seconds_to_first_batch(make)  # warm-up: thread pools, file cache
     times = {name: [] for name in cases}
@@ -108,7 +115,7 @@ def measure_resume(pipeline, steps: int, resume_step: int) -> dict:
         for name, make in cases.items():
             times[name].append(seconds_to_first_batch(make))
     result = {name: summary(values) for name, values in times.items()}
-    skipped = resume_step * pipeline.batch_size
+    skipped = resume_step * FLAGS.batch_size
     result["resumed_vs_start"] = round(result["resumed"]["seconds"] / result["start"]["seconds"], 3)
     result["ms_per_skipped_image"] = round(1000 * (result["resumed"]["seconds"] - result["start"]["seconds"]) / skipped, 4)
     if FLAGS.measure_old:
@@ -180,8 +187,10 @@ def main(argv):
         source = TFRecordData(pattern, pattern, num_classes=1000)
         prep = Preprocessing("imagenet", image_size=FLAGS.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         for buffer in buffers:
-            pipeline = InputPipeline(source, prep, batch_size=FLAGS.batch_size, cache=False, shuffle_buffer=buffer)
-            entry = measure_resume(pipeline, steps, resume_step)
+            def make_pipeline(buffer=buffer):
+                return InputPipeline(source, prep, batch_size=FLAGS.batch_size, cache=False, shuffle_buffer=buffer)
+
+            entry = measure_resume(make_pipeline, steps, resume_step)
             results["shuffle_buffers"][str(buffer)] = entry
             line = (f"shuffle buffer {buffer}: first batch {entry['start']['seconds']:.3f} s at step 0, "
                     f"{entry['resumed']['seconds']:.3f} s at step {resume_step}: {entry['resumed_vs_start']:.3f}x "
