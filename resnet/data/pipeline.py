@@ -149,7 +149,11 @@ class InputPipeline:
             lambda position, example: self._augment(epoch, epoch_length, position, example),
             num_parallel_calls=AUTOTUNE, deterministic=True,
         )
-        return augmented.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+        # Every worker of a multi-worker run reads the same stream and keeps its part of each
+        # batch: the order, the augmentation and a resume's skip are those of the global batches.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return augmented.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(options)
 
     def _pass(self, index: tf.Tensor, length: int | None) -> tf.data.Dataset:
         """Pass `index` over the training records (decoded images when cached), in the order

@@ -299,7 +299,10 @@ def test_epochs_are_consecutive_stretches_of_one_stream_and_resume_anywhere_in_i
         return InputPipeline(Numbered(counted=counted), Preprocessing("cifar", image_size=8, pad=2), batch_size=4,
                              seed=3, cache=cache, shuffle_buffer=7)
 
-    stream = batches(pipeline().train(epoch=0, steps=3, epochs=6))
+    dataset = pipeline().train(epoch=0, steps=3, epochs=6)
+    # Workers of a multi-worker run each read this whole stream, keeping their part of each batch.
+    assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+    stream = batches(dataset)
     assert len(stream) == 18
     labels = np.concatenate([labels for _, labels in stream]).tolist()
     assert sorted(labels[:60]) == sorted(2 * list(range(30)))  # two whole passes, then the third
