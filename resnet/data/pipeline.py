@@ -115,8 +115,9 @@ class InputPipeline:
 
         Where an epoch starts inside the stream depends on the size of the split; a source that
         cannot tell it (`TFRecordData`) has its records counted once (a read of every record,
-        without decoding) when that is needed: to resume, or to start at a later epoch, with
-        `steps`, or for several epochs without `steps`.
+        without decoding when not cached; cached, the count fills the cache) when that is
+        needed: to resume, or to start at a later epoch, with `steps`, or for several epochs
+        without `steps`.
         """
         check_int("epoch", epoch, minimum=0)
         check_int("skip_steps", skip_steps, minimum=0)
