@@ -86,7 +86,7 @@ class InputPipeline:
         self._train = source.examples("train").cache() if self.cache else source.records("train")
         evaluation = source.examples("eval")
         self._eval = evaluation.cache() if self.cache else evaluation
-        self._split_count: int | None = None  # counted by `_split_size` when the source cannot tell it
+        self._split_count: int | None = None  # the split's size, once known (see `_split_size`)
 
     def steps_per_epoch(self) -> int | None:
         """Full training batches in one pass over the training split (None if unknown)."""
@@ -130,7 +130,7 @@ class InputPipeline:
             epoch_length, pass_length, first_pass, offset, passes = None, None, epoch, skip_steps * batch, 1
         else:
             start = (epoch * (steps or 0) + skip_steps) * batch
-            size = self._split_size() if start or steps is None else self._known_split_size()
+            size = self._split_size(count=bool(start) or steps is None)
             if steps is None:
                 pass_length = epoch_length = size // batch * batch
                 first_pass, offset, passes = epoch, skip_steps * batch, epochs
@@ -142,8 +142,8 @@ class InputPipeline:
                 passes = 0 if size == 0 else offset + (epochs * steps - skip_steps) * batch
         ordered = tf.data.Dataset.range(first_pass, first_pass + passes).flat_map(
             lambda index: self._pass(index, pass_length)
-        )
-        examples = self.source.decode(ordered.skip(offset), "train") if not self.cache else ordered.skip(offset)
+        ).skip(offset)
+        examples = ordered if self.cache else self.source.decode(ordered, "train")
         if epoch_length is not None:
             examples = examples.take(epochs * epoch_length - skip_steps * batch)
         augmented = examples.enumerate(start=skip_steps * batch).map(
@@ -180,24 +180,18 @@ class InputPipeline:
         seed = tf.random.experimental.stateless_fold_in(key, place)
         return self.preprocessing.train(image, seed=seed), label
 
-    def _known_split_size(self) -> int | None:
-        """The split's size if the source knows it; else None, after checking the split holds a record."""
-        size = self.source.num_examples("train") if self._split_count is None else self._split_count
-        if size is None:
-            for _ in self.source.records("train").take(1):
-                return None
-            return 0
-        return size
-
-    def _split_size(self) -> int:
-        """The number of training records (images when cached), counted once if the source
-        cannot tell it."""
+    def _split_size(self, count: bool = True) -> int | None:
+        """The number of training records (images when cached). A source that cannot tell it
+        has them counted once if `count`; else the answer is None (or 0 for a split without a
+        record, which would give no batch)."""
         if self._split_count is None:
             self._split_count = self.source.num_examples("train")
         if self._split_count is None:
+            if not count:
+                return None if any(True for _ in self.source.records("train").take(1)) else 0
             print(f"Counting the training records of {self.source.name!r}, whose number it cannot tell, to find "
                   "where the epoch starts in the stream of passes over them (once per process)...", flush=True)
-            self._split_count = int(self._train.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+            self._split_count = int(self._train.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
         return self._split_count
 
     def eval(self) -> tf.data.Dataset:
