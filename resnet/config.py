@@ -7,8 +7,9 @@ import importlib.util
 import io
 import os
 import tokenize
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gin
 
@@ -71,14 +72,20 @@ gin.add_config_file_search_path(str(configs_dir()))
 def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str] = ()) -> None:
     """Parses gin files (shipped names or paths) and binding strings into the global gin config.
 
+    A macro (`%NAME`) may be defined in any file or binding, before or after its use; one that
+    is still undefined once everything is parsed is an error here, not when gin calls a
+    configurable that uses it.
+
     Raises:
-        ValueError: An unknown config name, or a gin error (syntax, unknown configurable or
-            parameter), with the file and line where gin reports them.
+        ValueError: An unknown config name, a gin error (syntax, unknown configurable or
+            parameter), with the file and line where gin reports them, an include cycle, or an
+            undefined macro, with where it is used.
     """
+    macros: list[_MacroUse] = []
     for config in config_files:
         path = config_path(config)
         try:
-            _parse_file(str(path))
+            _parse_file(str(path), [], macros)
         except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin config {path}: {_describe(error)}") from error
     for binding in bindings:
@@ -86,9 +93,11 @@ def parse(config_files: Iterable[str | os.PathLike] = (), bindings: Iterable[str
             gin.parse_config(binding)
         except _GIN_ERRORS as error:
             raise ValueError(f"Invalid gin binding {binding!r}: {_describe(error)}") from error
+        _statements(binding, lambda line: f"in the binding {line.line_content.strip()!r}", macros)
+    _check_macros_defined(macros)
 
 
-def _parse_file(path: str) -> None:
+def _parse_file(path: str, chain: list[tuple[str, int]], macros: list[_MacroUse]) -> None:
     """Parses a gin file, and in their place the files it `include`s that `_find_include` finds.
 
     gin looks for an included name in the working directory before its search paths, asking each
@@ -96,10 +105,17 @@ def _parse_file(path: str) -> None:
     cannot place, so an include of a shipped config by name would print "Path not found" errors.
     Parsed here, such includes never reach gin's search. Any other include is left to gin, which
     searches the paths added to it and reports, with file and line, a file it cannot find.
+
+    Args:
+        path: The file.
+        chain: The files being parsed that include `path`, outermost first, each with the line of
+            its include: a file among them included again is a cycle. A file included twice in
+            different branches (a diamond) is parsed twice, as gin does.
+        macros: Where the macros used in `path` and the files it includes are appended.
     """
     with open(path) as file:
         lines = file.readlines()
-    statements = list(gin.config_parser.ConfigParser(_named_text(lines, path), _Placeholders()))
+    statements = _statements(_named_text(lines, path), lambda line: f"in {path}, line {line.line_num}", macros)
     # Each gin parse has its own import context, so every piece repeats the imports above it.
     imports = {s.location.line_num - 1 for s in statements if isinstance(s, gin.config_parser.ImportStatement)}
     start = 0
@@ -108,8 +124,12 @@ def _parse_file(path: str) -> None:
             included = _find_include(statement.filename)
             if included is not None:
                 include_line = statement.location.line_num - 1
+                links = [*chain, (path, include_line + 1)]
+                if os.path.realpath(included) in {os.path.realpath(file) for file, _ in links}:
+                    cycle = " -> ".join(f"{file} (line {line})" for file, line in links)
+                    raise ValueError(f"include cycle {cycle} -> {included}")
                 _parse_lines(path, lines, imports, start, include_line)
-                _parse_file(included)
+                _parse_file(included, links, macros)
                 start = include_line + 1
     _parse_lines(path, lines, imports, start, len(lines))
 
@@ -137,13 +157,72 @@ def _named_text(lines: list[str], path: str) -> io.StringIO:
 
 
 class _Placeholders(gin.config_parser.ParserDelegate):
-    """Reads references and macros as None: finding the includes needs no configurable."""
+    """Reads references and macros as None, noting the macros' names: reading the statements of a
+    config needs no configurable."""
+
+    def __init__(self):
+        self.macros: list[str] = []
 
     def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> None:
         return None
 
     def macro(self, macro_name: str) -> None:
+        self.macros.append(macro_name)
         return None
+
+
+def _statements(
+    text: str | io.StringIO, where: Callable[[gin.config_parser.Location], str], macros: list[_MacroUse]
+) -> list[Any]:
+    """The statements of a gin config; appends to `macros` each macro a statement uses, and
+    `where(location)` of the statement."""
+    delegate = _Placeholders()
+    statements = []
+    for statement in gin.config_parser.ConfigParser(text, delegate):
+        statements.append(statement)
+        macros.extend(_MacroUse(name, where(statement.location)) for name in delegate.macros)
+        delegate.macros.clear()
+    return statements
+
+
+class _MacroUse(NamedTuple):
+    name: str  # as written after `%`, e.g. "CIFAR_DIR" or "scope/NAME"
+    where: str  # "in x.gin, line 2" or "in the binding '...'"
+
+
+def _check_macros_defined(uses: Iterable[_MacroUse]) -> None:
+    """Raises a ValueError naming every macro in `uses` that the global gin config leaves undefined.
+
+    A macro `%NAME` is what gin binds for `NAME = value` (the parameter `value` of `gin.macro` in
+    scope `NAME`), or a constant registered with `gin.constant`; gin would call `gin.macro`
+    without a value for any other.
+    """
+
+    def defined(name: str) -> bool:
+        for key in (f"%{name}", name):  # a macro, then a constant
+            try:
+                gin.query_parameter(key)
+                return True
+            except ValueError:
+                pass
+        return False
+
+    undefined = {}
+    for use in uses:
+        if use.name not in undefined and not defined(use.name):
+            undefined[use.name] = use.where
+    if undefined:
+        first = next(iter(undefined))
+        if len(undefined) == 1:
+            raise ValueError(
+                f"gin macro %{first} is used ({undefined[first]}) but never defined; define it in a gin "
+                f"file or binding, e.g. `{first} = <value>`."
+            )
+        used = ", ".join(f"%{name} ({where})" for name, where in undefined.items())
+        raise ValueError(
+            f"gin macros {used} are used but never defined; define them in a gin file or binding, "
+            f"e.g. `{first} = <value>`."
+        )
 
 
 # What gin raises for a bad file or binding: unknown names (ValueError), syntax (SyntaxError, or

@@ -106,6 +106,13 @@ def test_two_builds_do_not_leak_bindings():
     assert resnet.BottleneckBlock(64).groups == 1
 
 
+@pytest.mark.parametrize("name", resnet.available_experiments())
+def test_every_shipped_experiment_defines_the_macros_it_uses(name):
+    import resnet.training.trainer  # noqa: F401  (registers Trainer, which experiments bind)
+
+    resnet.parse([name])  # an undefined macro would be a ValueError here
+
+
 def test_unknown_config_name_lists_shipped_configs():
     with pytest.raises(ValueError, match=r"Unknown config 'resnet51'.*cifar/resnet56"):
         resnet.build("resnet51")

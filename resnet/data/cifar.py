@@ -58,6 +58,8 @@ def _load_cifar_batch(path: str, label_key: str, num_classes: int) -> tuple[np.n
             batch = _ArrayUnpickler(file, path).load()
     except DataError:
         raise
+    except tf.errors.OpError as error:  # e.g. no permission to read it
+        raise DataError(f"{path}: cannot be read: {error.message}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise DataError(f"{path}: not a readable CIFAR batch (a pickled dict), or truncated: {error}") from None
     if not isinstance(batch, dict):
@@ -126,6 +128,13 @@ class CifarData(_ArraySource):
         if missing:
             raise DataError(
                 f"`CifarData.data_dir` {self.data_dir!r} is not a {self.name} directory: missing {missing}. "
+                f"{self._layout_hint()}"
+            )
+        folders = [self._path(f) for files in self._files.values() for f in files if tf.io.gfile.isdir(self._path(f))]
+        if folders:
+            raise DataError(
+                f"`CifarData.data_dir` {self.data_dir!r} is not a {self.name} directory: {', '.join(map(repr, folders))} "
+                f"{'is a directory' if len(folders) == 1 else 'are directories'}, not a batch file. "
                 f"{self._layout_hint()}"
             )
         self._loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -3,6 +3,7 @@ and names the file of a bad batch."""
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -81,11 +82,36 @@ def test_cifar_refuses_a_pickle_that_would_run_code_without_running_it(tmp_path)
         (lambda p: p.write_bytes(pickle.dumps({b"labels": [0]}, protocol=2)), r"missing key\(s\) \['data'\]"),
         (lambda p: p.write_bytes(pickle.dumps([1, 2], protocol=2)), r"expected a pickled dict"),
         (lambda p: p.write_bytes(open(p, "rb").read()[:100]), r"not a readable CIFAR batch .* or truncated"),
+        (lambda p: p.write_bytes(b""), r"not a readable CIFAR batch .* or truncated: Ran out of input"),
     ],
-    ids=["label-range", "label-count", "data-shape", "no-data", "not-dict", "truncated"],
+    ids=["label-range", "label-count", "data-shape", "no-data", "not-dict", "truncated", "empty"],
 )
 def test_cifar_bad_batch_names_the_file(tmp_path, damage, message):
     write_cifar10(tmp_path)
     damage(tmp_path / "test_batch")
     with pytest.raises(DataError, match=r"test_batch: " + message):
         CifarData(str(tmp_path)).examples("eval")
+
+
+@pytest.mark.parametrize("num_classes, folder", [(10, "data_batch_1"), (10, "test_batch"), (100, "test")])
+def test_cifar_refuses_a_directory_in_place_of_a_batch_file(tmp_path, num_classes, folder):
+    if num_classes == 10:
+        write_cifar10(tmp_path)
+    else:
+        for name in ("train", "test"):
+            write_cifar_batch(tmp_path / name, random_images(1), [3], label_key=b"fine_labels")
+    os.remove(tmp_path / folder)
+    os.mkdir(tmp_path / folder)
+    message = f"is not a cifar{num_classes} directory: '{tmp_path / folder}' is a directory, not a batch file"
+    with pytest.raises(DataError, match=re.escape(message)):
+        CifarData(str(tmp_path), num_classes=num_classes)
+
+
+def test_cifar_a_batch_that_cannot_be_read_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    source = CifarData(str(tmp_path))
+    # Replaced after the layout check: the read itself fails, as for a file without read permission.
+    os.remove(tmp_path / "test_batch")
+    os.mkdir(tmp_path / "test_batch")
+    with pytest.raises(DataError, match=r"test_batch: cannot be read: .*[Ii]s a directory"):
+        source.examples("eval")
