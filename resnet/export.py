@@ -17,7 +17,13 @@ from absl import app, flags
 
 from resnet import cli
 from resnet.training import deploy
-from resnet.training.serving import CALIBRATION_IMAGES, check_output, export_for_serving
+from resnet.training.serving import (
+    CALIBRATION_IMAGES,
+    MAX_INPUT_SIDE,
+    check_input_side,
+    check_output,
+    export_for_serving,
+)
 
 flags.DEFINE_string("model_dir", None, "Directory of a run written by resnet-train.", required=True)
 flags.DEFINE_string("output", None, "Directory to create for the export.", required=True)
@@ -29,14 +35,15 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("calibration_images", CALIBRATION_IMAGES, "Training images that calibrate an int8 model.")
 flags.DEFINE_list(
-    "tflite_input_size", None, "HEIGHT,WIDTH (or one number) of the TFLite models' images; default: the run's "
-    "evaluation size (the image_size, or for the imagenet recipe the size whose centre crop it is)."
+    "tflite_input_size", None, f"HEIGHT,WIDTH (or one number, at most {MAX_INPUT_SIDE}) of the TFLite models' images; "
+    "default: the run's evaluation size (the image_size, or for the imagenet recipe the size whose centre crop it is)."
 )
 cli.define_gin_param_flag()
 FLAGS = flags.FLAGS
 
 
 def _input_size(values: list[str] | None) -> tuple[int, int] | None:
+    """`--tflite_input_size` as (height, width), refused beyond `MAX_INPUT_SIDE` before anything runs."""
     if values is None:
         return None
     try:
@@ -45,6 +52,7 @@ def _input_size(values: list[str] | None) -> tuple[int, int] | None:
         numbers = []
     if len(numbers) not in (1, 2) or min(numbers) <= 0:
         raise ValueError(f"`--tflite_input_size` must be HEIGHT,WIDTH or one size, positive integers; received {','.join(values)!r}.")
+    check_input_side(numbers, repr(",".join(values)))
     return (numbers[0], numbers[-1])
 
 
