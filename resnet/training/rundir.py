@@ -25,25 +25,31 @@ from __future__ import annotations
 import collections
 import csv
 import datetime
+import errno
 import hashlib
-import io
 import json
+import math
 import os
 import re
 import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import tokenize
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import gin
 import tensorflow as tf
 
 CHECKPOINT_KINDS = ("backup", "checkpoints", "best")
+CHECKPOINT_NAMES = {"backup": "backup", "checkpoints": "epoch", "best": "best"}
+"""The name of each kind's checkpoints: `backup/backup-<step>`, `checkpoints/epoch-<epoch>`, `best/best-<epoch>`."""
+SHARED_STORAGE = "storage every worker sees (a shared file system, or a URI such as gs://...)"
+"""What the `--model_dir` of a multi-worker run must be; errors about it say so in these words."""
 METRICS_COLUMNS = (
     "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5", "learning_rate", "seconds",
 )
@@ -87,19 +93,36 @@ def local_path(path: str) -> str | None:
     return None if "://" in path else path
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Writes `path` through a temporary file beside it and a rename: readers (and a crash)
-    see either the old file or the new one, never a partial write. A failure removes the
-    temporary file and leaves the old one."""
+def write_atomically(path: str, content: str | bytes) -> None:
+    """Writes `content` (text is written as UTF-8) to `path` through a temporary file beside it
+    and a rename: readers (and a crash) see either the old file or the new one, never a partial
+    write. A failure removes the temporary file and leaves the old one."""
     tmp = _temporary_name(path)
     try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether `error` (from TensorFlow's file systems or Python's) says the storage is full."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        return True
+    return isinstance(error, (tf.errors.OpError, OSError)) and any(words in str(error) for words in _NO_SPACE_WORDS)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (TensorFlow's run over many), at most 500 characters."""
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else type(error).__name__
 
 
 def _temporary_name(path: str) -> str:
@@ -109,20 +132,43 @@ def _temporary_name(path: str) -> str:
 
 
 def read_text(path: str) -> str | None:
-    """The text of `path`, or None if it does not exist."""
+    """The UTF-8 text of `path`, or None if it does not exist.
+
+    Raises:
+        ValueError: The file is not UTF-8 text (the file and the first bad byte named).
+    """
+    data = read_bytes(path)
+    if data is None:
+        return None
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path} line {line}: byte {error.start + 1} of the file is not UTF-8 text; repair or "
+                         "move the file.") from None
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The bytes of `path`, or None if it does not exist."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except tf.errors.NotFoundError:
         return None
 
 
 class MetricsLog:
-    """`metrics.csv`: one row per epoch, keyed by `epoch`, in epoch order.
+    """`metrics.csv`: a header, then one row per epoch, epochs 1, 2, 3, ... in order.
 
-    `write(row)` replaces any earlier row of the same epoch (an epoch redone after a crash)
-    and rewrites the file atomically, so the file never holds duplicates or partial rows.
-    Values missing from `row` are left empty; keys not in `columns` are dropped.
+    Every field is a number: `epoch` a positive whole number, `step` a whole number, the others
+    finite numbers, or empty for a value not recorded. `write(row)` replaces the row of its
+    epoch (an epoch redone after a crash) or appends the next one, and rewrites the file
+    atomically; the other rows are written back exactly as they were read.
+
+    Reading checks the whole file, and a damaged one (text that is not UTF-8, a header that is
+    not `columns`, a row with missing, extra or unreadable fields, epochs out of order,
+    repeated or skipped) raises a `ValueError` naming the file and the line: such a file is
+    never rewritten, so no row is dropped or changed.
 
     Args:
         path: The CSV file, local or a URI.
@@ -143,38 +189,103 @@ class MetricsLog:
         self.columns = list(columns)
 
     def rows(self) -> list[dict[str, str]]:
-        """The rows, in file order.
+        """The rows, in file order (epochs 1, 2, ...), every field as the text the file holds.
 
         Raises:
-            ValueError: The file is damaged: no "epoch" column, or a row whose epoch is not a
-                positive whole number (the file and line are named).
+            ValueError: The file is damaged; the message names the file, the line and what is
+                wrong with it.
         """
-        text = read_text(self.path)
-        if text is None:
+        data = read_bytes(self.path)
+        if data is None:
             return []
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
-            raise ValueError(f"{self.path} line 1: the header {reader.fieldnames} has no 'epoch' column; "
-                             f"expected {','.join(self.columns)}. Repair or move the file.")
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()  # the newline ending the last line
+        if not lines:
+            self._damaged(1, f"the file is empty; expected the header {','.join(self.columns)}")
         rows = []
-        for row in reader:
-            epoch = row.get("epoch") or ""
-            if not (epoch.isdigit() and int(epoch) > 0):
-                raise ValueError(f"{self.path} line {reader.line_num}: epoch {epoch!r} is not a positive whole "
-                                 "number; repair or remove the line (each line is one epoch's metrics).")
+        for number, raw in enumerate(lines, start=1):
+            fields = self._fields(number, raw)
+            if number == 1:
+                if fields != self.columns:
+                    self._damaged(1, f"the header is {','.join(fields)!r}; expected {','.join(self.columns)!r}")
+                continue
+            row = self._check_row(number, fields)
+            if int(row["epoch"]) != len(rows) + 1:
+                self._damaged(number, f"epoch {row['epoch']} where epoch {len(rows) + 1} was expected")
             rows.append(row)
         return rows
 
     def write(self, row: Mapping[str, Any]) -> None:
-        epoch = str(row["epoch"])
-        rows = [r for r in self.rows() if r.get("epoch") != epoch]
-        rows.append({k: row.get(k, "") for k in self.columns})
-        rows.sort(key=lambda r: int(r["epoch"]))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomically(self.path, buffer.getvalue())
+        """Records `row` (its `epoch` is the next epoch, or one already recorded, which it
+        replaces). Values missing from `row` are left empty; keys not in `columns` are dropped.
+
+        Raises:
+            ValueError: The file is damaged (see `rows`), the epoch would leave a gap, or a value
+                is not a number.
+        """
+        rows = self.rows()
+        new = self._check_row(None, ["" if row.get(key) is None else str(row.get(key)) for key in self.columns])
+        epoch = int(new["epoch"])
+        if epoch > len(rows) + 1:
+            raise ValueError(f"{self.path}: cannot record epoch {epoch}: it holds epochs 1 to {len(rows)}, and each "
+                             "line is one epoch, in order.")
+        rows[epoch - 1:epoch] = [new]
+        # Every field is a number or empty (checked): no quoting is needed.
+        lines = [",".join(self.columns), *(",".join(r[key] for key in self.columns) for r in rows)]
+        write_atomically(self.path, "\n".join(lines) + "\n")
+
+    def _fields(self, number: int, raw: bytes) -> list[str]:
+        try:
+            text = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as error:
+            self._damaged(number, f"byte {error.start + 1} is not UTF-8 text")
+        if not text.strip():
+            self._damaged(number, "the line is empty")
+        try:
+            return next(csv.reader([text], strict=True))
+        except (csv.Error, StopIteration) as error:
+            self._damaged(number, f"not a line of comma-separated values ({error or 'empty'})")
+
+    def _check_row(self, number: int | None, fields: list[str]) -> dict[str, str]:
+        """`fields` as a row, each checked; `number` is the line (None: a row about to be written)."""
+        complain = self._damaged if number is not None else self._refused
+        epoch = fields[self.columns.index("epoch")] if len(fields) > self.columns.index("epoch") else ""
+        problem = _metric_problem("epoch", epoch)
+        if problem:  # first: the line may not be a row at all
+            complain(number, f"epoch {epoch!r} {problem}")
+        if len(fields) != len(self.columns):
+            complain(number, f"{len(fields)} field(s) where {len(self.columns)} were expected "
+                             f"({','.join(self.columns)}); the line may have been cut short")
+        row = dict(zip(self.columns, fields))
+        for key, value in row.items():
+            problem = _metric_problem(key, value)
+            if problem:
+                complain(number, f"{key} {value!r} {problem}")
+        return row
+
+    def _damaged(self, number: int, problem: str) -> NoReturn:
+        raise ValueError(f"{self.path} line {number}: {problem}. Repair or remove the line, or move the file away: "
+                         "after the header each line is one epoch's metrics, epochs 1, 2, 3, ... in order.")
+
+    def _refused(self, number: None, problem: str) -> NoReturn:
+        raise ValueError(f"Cannot record in {self.path}: {problem}.")
+
+
+def _metric_problem(key: str, value: str) -> str | None:
+    """What is wrong with `value` as the field `key` of a metrics row, or None."""
+    if value == "" and key != "epoch":
+        return None  # not recorded
+    if key in ("epoch", "step"):
+        lowest = 1 if key == "epoch" else 0
+        if value.isascii() and value.isdigit() and int(value) >= lowest:
+            return None
+        return "is not a positive whole number" if key == "epoch" else "is not a whole number"
+    try:
+        number = float(value)
+    except ValueError:
+        return "is not a number"
+    return None if math.isfinite(number) else "is not a finite number"
 
 
 class RunDirectory:
@@ -256,8 +367,9 @@ class RunDirectory:
 
         An append is a read and a whole rewrite: object stores have no atomic append.
         """
-        line = f"{_now()}  {shlex.join(argv)}\n"
-        self.write_text("command.txt", (self.read_text("command.txt") or "") + line)
+        line = f"{_now()}  {shlex.join(argv)}\n".encode()
+        path = self.join("command.txt")
+        write_atomically(path, (read_bytes(path) or b"") + line)  # bytes: whatever the file holds is kept
 
     # -------------------------------------------------------------------- checkpoints
 
@@ -277,13 +389,28 @@ class RunDirectory:
             ValueError: `which` is neither a kind nor the prefix of an existing checkpoint.
         """
         if which in CHECKPOINT_KINDS:
-            return tf.train.latest_checkpoint(self.checkpoint_dir(which))
+            return next(iter(self.checkpoints(which)), None)
         if not tf.io.gfile.exists(which + ".index"):
             raise ValueError(
                 f"No checkpoint at {which!r} (expected {which}.index); or give one of "
                 f"{', '.join(map(repr, CHECKPOINT_KINDS))}."
             )
         return which
+
+    def checkpoints(self, kind: str) -> list[str]:
+        """The checkpoints of `kind`, newest first, as TensorFlow's `checkpoint` file in the
+        kind's directory lists them. If that file is damaged (not UTF-8, not a checkpoint state,
+        or a directory), the checkpoints found by name (`<name>-<number>.index`) are listed
+        instead, highest number first, and a warning on stderr says so."""
+        problem = self._state_problem(kind)
+        if problem is None:
+            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))  # full paths, oldest first
+            return list(reversed(state.all_model_checkpoint_paths)) if state is not None else []
+        found = self._checkpoints_by_name(kind)
+        print(f"Warning: {self.join(kind, 'checkpoint')} cannot be read ({problem}); using the checkpoints found by "
+              f"name in {self.checkpoint_dir(kind)}: {', '.join(os.path.basename(p) for p in found) or 'none'}.",
+              file=sys.stderr, flush=True)
+        return found
 
     def checkpoint_candidates(self, which: str) -> list[str]:
         """The checkpoints to try, newest first, when restoring `which`: for "backup", every
@@ -294,12 +421,62 @@ class RunDirectory:
         if kinds is None:
             path = self.checkpoint_path(which)
             return [path] if path else []
-        found = []
-        for kind in kinds:
-            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))  # full paths, oldest first
-            if state is not None:
-                found += reversed(state.all_model_checkpoint_paths)
-        return found
+        return [path for kind in kinds for path in self.checkpoints(kind)]
+
+    def repair_checkpoint_state(self, kind: str) -> None:
+        """Replaces a damaged `checkpoint` file of `kind` (see `checkpoints`) by one listing the
+        checkpoints found by name, so that saving can go on; the damaged file is kept beside it
+        as `checkpoint.damaged`. Does nothing to a sound one."""
+        problem = self._state_problem(kind)
+        if problem is None:
+            return
+        state = self.join(kind, "checkpoint")
+        found = self._checkpoints_by_name(kind)
+        tf.io.gfile.rename(state, state + ".damaged", overwrite=True)
+        if found:  # TensorFlow's text format, with names relative to the directory as CheckpointManager writes them
+            names = [os.path.basename(path) for path in reversed(found)]
+            lines = [f'model_checkpoint_path: "{names[-1]}"', *(f'all_model_checkpoint_paths: "{n}"' for n in names)]
+            write_atomically(state, "\n".join(lines) + "\n")
+        print(f"Replaced the damaged {state} ({problem}; kept as checkpoint.damaged) by one listing "
+              f"{', '.join(os.path.basename(p) for p in found) or 'no checkpoint'}.", flush=True)
+
+    def _state_problem(self, kind: str) -> str | None:
+        """Why the `checkpoint` state file of `kind` cannot be used, or None if it can (or is absent)."""
+        path = self.join(kind, "checkpoint")
+        if tf.io.gfile.isdir(path):
+            return "a directory"
+        data = read_bytes(path)
+        if data is None:
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not UTF-8 text"
+        if "model_checkpoint_path:" not in text:
+            return "not a checkpoint state"
+        try:
+            state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))
+        except ValueError as error:
+            return str(error)
+        return None if state is not None else "not a checkpoint state"
+
+    def _checkpoints_by_name(self, kind: str) -> list[str]:
+        """The checkpoints of `kind` found by their `<name>-<number>.index` files, highest number first."""
+        numbered = []
+        for index in tf.io.gfile.glob(self.join(kind, "*-*.index")):
+            prefix = index[: -len(".index")]
+            number = prefix.rsplit("-", 1)[1]
+            if number.isdigit():
+                numbered.append((int(number), prefix))
+        return [prefix for _, prefix in sorted(numbered, reverse=True)]
+
+    def started(self) -> bool:
+        """Whether a run has begun here: it holds a metrics file or a checkpoint (of any kind).
+        A directory with neither (a run that failed before its first backup) is not yet a run."""
+        if tf.io.gfile.exists(self.metrics.path):
+            return True
+        return any(tf.io.gfile.exists(self.join(kind, "checkpoint")) or tf.io.gfile.glob(self.join(kind, "*.index"))
+                   for kind in CHECKPOINT_KINDS)
 
     # ----------------------------------------------------------------------- identity
 
@@ -314,19 +491,24 @@ class RunDirectory:
         """Refuses an operative config that is not the recorded run's. Reads, never writes.
 
         The two configs are compared binding by binding (comments, layout and order do not
-        count); `RESUMABLE_BINDINGS` may differ. A directory without a recorded config passes.
+        count); `RESUMABLE_BINDINGS` may differ. A directory without a recorded config passes, and
+        so does one that is not yet a run (`started()` is False: a run that failed before its
+        first backup, e.g. on a wrong weights path, may be started again with another config).
 
         Raises:
             RunDirectoryMismatch: Bindings differ; one message lists each (recorded -> now,
                 "(not bound)" for an added or removed one) and asks for a new `--model_dir`.
             ValueError: The recorded config cannot be parsed.
         """
-        recorded = self.operative_config()
-        if recorded is None:
+        if not tf.io.gfile.exists(self.join("operative_config.gin")):
+            return
+        if not self.started():
+            print(f"`--model_dir` {self.path!r} holds no checkpoint and no metrics yet (a run that stopped before its "
+                  "first backup): it takes this run's configuration.", flush=True)
             return
         try:
-            old = parse_bindings(recorded)
-        except (SyntaxError, tokenize.TokenError) as error:
+            old = parse_bindings(self.operative_config())
+        except (SyntaxError, tokenize.TokenError, ValueError) as error:
             raise ValueError(
                 f"`--model_dir` {self.path!r} holds an operative_config.gin that cannot be parsed ({error}); "
                 "use a new `--model_dir`, or repair the file if this is the same run."
@@ -381,20 +563,30 @@ class RunDirectory:
                 if held is not None and held.get("token") == owner["token"]:
                     self._owner, self._last_heartbeat = owner, time.monotonic()
                     return self
-            current = read_text(path)
+            current = _lock_contents(path)
             if current is None:
                 continue  # released meanwhile: try again
             held = _parse_lock(current)
             if not self._abandoned(held, path):
                 raise RunDirectoryLocked(
-                    f"`--model_dir` {self.path!r} is in use by another run: {_describe(held)}. Wait for it "
+                    f"`--model_dir` {self.path!r} is in use by another run: {_describe(held, path)}. Wait for it "
                     f"to finish or stop it, or use another `--model_dir`. The lock of a dead run is taken over: "
                     f"at once on the same host, after {self.stale_after:g} s without heartbeat from another host."
                 )
-            if read_text(path) == current:
-                print(f"Taking over the lock of a run that is gone: {_describe(held)}.", flush=True)
-                _remove_if_present(path)
+            if _lock_contents(path) == current:
+                print(f"Taking over the lock of a run that is gone: {_describe(held, path)}.", flush=True)
+                _remove_lock(path)
         raise RunDirectoryLocked(f"`--model_dir` {self.path!r}: other runs keep taking its lock; try again.")
+
+    def lock_token(self) -> int | None:
+        """A number that identifies the run holding `run.lock` now (the same for everyone who reads
+        this lock file), or None if there is no readable lock. Workers of a multi-worker run compare
+        it with the chief's to prove they see the chief's directory."""
+        held = _read_lock(self.join(_LOCK))
+        token = (held or {}).get("token")
+        if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{15,}", token):
+            return None
+        return int(token[:15], 16)  # 60 bits: one int64, as workers exchange it
 
     def __enter__(self) -> RunDirectory:
         return self
@@ -416,7 +608,7 @@ class RunDirectory:
         if held is not None and held.get("token") != self._owner["token"]:
             self._owner = None
             raise RunDirectoryLocked(
-                f"`--model_dir` {self.path!r} was taken over by another run ({_describe(held)}) while this one "
+                f"`--model_dir` {self.path!r} was taken over by another run ({_describe(held, path)}) while this one "
                 f"held it, probably after no heartbeat for {self.stale_after:g} s. Stopping this run."
             )
         self._owner["heartbeat"] = _now()
@@ -566,22 +758,46 @@ def _remove_if_present(path: str) -> None:
         pass
 
 
+_DIRECTORY = b"<a directory>"
+"""What `_lock_contents` gives for a `run.lock` that is a directory (no file holds these bytes)."""
+
+
+def _lock_contents(path: str) -> bytes | None:
+    """The bytes of the lock file `path`, `_DIRECTORY` if it is a directory, None if there is none."""
+    if tf.io.gfile.isdir(path):
+        return _DIRECTORY
+    return read_bytes(path)
+
+
 def _read_lock(path: str) -> dict[str, Any] | None:
-    text = read_text(path)
-    return None if text is None else _parse_lock(text)
+    """The owner a lock file records; {} if it cannot be read as one; None if there is none."""
+    contents = _lock_contents(path)
+    return None if contents is None else _parse_lock(contents)
 
 
-def _parse_lock(text: str) -> dict[str, Any]:
+def _parse_lock(contents: bytes) -> dict[str, Any]:
     try:
-        held = json.loads(text)
-    except ValueError:
+        held = json.loads(contents.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return {}
     return held if isinstance(held, dict) else {}
 
 
-def _describe(held: Mapping[str, Any]) -> str:
+def _remove_lock(path: str) -> None:
+    """Removes an abandoned lock file, or an empty directory in its place. A directory holding
+    anything is not ours to delete: it is refused."""
+    if not tf.io.gfile.isdir(path):
+        _remove_if_present(path)
+        return
+    if tf.io.gfile.listdir(path):
+        raise ValueError(f"{path} is a directory with files in it, where the run's lock file belongs; move it out "
+                         "of the run directory (it is not part of a run).")
+    tf.io.gfile.rmtree(path)  # empty: nothing but the directory itself goes
+
+
+def _describe(held: Mapping[str, Any], path: str) -> str:
     if not held:
-        return "unknown (run.lock is unreadable; delete it if no run uses the directory)"
+        return f"unknown ({path} cannot be read as a lock; delete it if no run uses the directory)"
     return (f"host {held.get('host')}, pid {held.get('pid')}, started {held.get('started')}, "
             f"last heartbeat {held.get('heartbeat')}")
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,13 +45,75 @@ def test_join_keeps_the_scheme():
 def test_metrics_log_replaces_a_redone_epoch(location):
     tf.io.gfile.makedirs(location)
     log = MetricsLog(f"{location}/metrics.csv", ["epoch", "loss"])
-    log.write({"epoch": 2, "loss": 1.5})
     log.write({"epoch": 1, "loss": 2.0, "unknown": 7})
+    log.write({"epoch": 2, "loss": 1.5})
     log.write({"epoch": 2, "loss": 1.4})  # epoch 2 redone after a crash
-    assert [(r["epoch"], r["loss"]) for r in log.rows()] == [("1", "2.0"), ("2", "1.4")]
-    assert tf.io.gfile.GFile(f"{location}/metrics.csv").read().splitlines() == ["epoch,loss", "1,2.0", "2,1.4"]
+    log.write({"epoch": 3})  # a value not recorded is left empty
+    assert [(r["epoch"], r["loss"]) for r in log.rows()] == [("1", "2.0"), ("2", "1.4"), ("3", "")]
+    assert tf.io.gfile.GFile(f"{location}/metrics.csv").read().splitlines() == ["epoch,loss", "1,2.0", "2,1.4", "3,"]
     with pytest.raises(ValueError, match="`columns` must include 'epoch'; received \\['loss'\\]"):
         MetricsLog(f"{location}/other.csv", ["loss"])
+    # A row that would leave a gap, or hold something that is not a number, is never written.
+    before = tf.io.gfile.GFile(f"{location}/metrics.csv", "rb").read()
+    for row, message in (({"epoch": 5, "loss": 1.0}, "cannot record epoch 5: it holds epochs 1 to 3"),
+                         ({"epoch": 4, "loss": "nan"}, "loss 'nan' is not a finite number"),
+                         ({"epoch": 4, "loss": "1,2"}, "loss '1,2' is not a number"),
+                         ({"epoch": 0, "loss": 1.0}, "epoch '0' is not a positive whole number")):
+        with pytest.raises(ValueError, match=message):
+            log.write(row)
+    assert tf.io.gfile.GFile(f"{location}/metrics.csv", "rb").read() == before
+
+
+GOOD_METRICS = (
+    "epoch,step,loss,accuracy,val_loss,val_accuracy,val_top5,learning_rate,seconds\n"
+    "1,4,3.09,0.125,2.5,0.25,0.75,0.1,3.2\n"
+    "2,8,2.01,0.25,2.1,0.5,0.875,0.1,2.9\n"
+)
+
+
+@pytest.mark.parametrize(
+    "damage, line, problem",
+    [
+        (lambda t: t + "3,12,1.5,garbage,xx\n", 4, "5 field\\(s\\) where 9 were expected"),
+        (lambda t: t + "3,12,1.5,garbage,1.2,0.5,0.9,0.1,2.0\n", 4, "accuracy 'garbage' is not a number"),
+        (lambda t: t.replace("2,8,", "2,abc,"), 3, "step 'abc' is not a whole number"),
+        (lambda t: t.replace("2,8,", "2,-8,"), 3, "step '-8' is not a whole number"),
+        (lambda t: t.replace("2,8,2.01", "2,8,inf"), 3, "loss 'inf' is not a finite number"),
+        (lambda t: t.replace("2,8,", "x2,8,"), 3, "epoch 'x2' is not a positive whole number"),
+        (lambda t: t.replace("2,8,2.01,", '2,8,"2.01,'), 3, "not a line of comma-separated values"),
+        (lambda t: t[: t.index("2,8,2.01") + 6], 3, "3 field\\(s\\) where 9 were expected.*cut short"),  # cut mid-line
+        (lambda t: t + t.splitlines(keepends=True)[2], 4, "epoch 2 where epoch 3 was expected"),  # a duplicate
+        (lambda t: t.replace("2,8,", "99,8,"), 3, "epoch 99 where epoch 2 was expected"),
+        (lambda t: t.replace("1,4,", "2,4,").replace("\n2,8,", "\n1,8,"), 2, "epoch 2 where epoch 1 was expected"),
+        (lambda t: t + "\n3,12,1.5,0.5,1.2,0.5,0.9,0.1,2.0\n", 4, "the line is empty"),
+        (lambda t: t.replace("epoch,step", "epoch,steps"), 1, "the header is 'epoch,steps,"),
+        (lambda t: "", 1, "the file is empty; expected the header epoch,step,"),
+        (lambda t: t.encode().replace(b"2.01", b"2\xff01"), 3, "byte 6 is not UTF-8 text"),
+    ],
+)
+def test_a_damaged_metrics_file_is_refused_naming_file_and_line_and_never_rewritten(location, damage, line, problem):
+    tf.io.gfile.makedirs(location)
+    path = f"{location}/metrics.csv"
+    content = damage(GOOD_METRICS)
+    content = content.encode() if isinstance(content, str) else content
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(content)
+    log = MetricsLog(path, rundir.METRICS_COLUMNS)
+    for action in (log.rows, lambda: log.write({"epoch": 3, "step": 12})):
+        with pytest.raises(ValueError, match=f"^{re.escape(path)} line {line}: {problem}"):
+            action()
+    assert tf.io.gfile.GFile(path, "rb").read() == content  # nothing rewritten or dropped
+
+
+def test_a_sound_metrics_file_is_rewritten_byte_for_byte(location):
+    tf.io.gfile.makedirs(location)
+    path = f"{location}/metrics.csv"
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(GOOD_METRICS.replace("3.09", "3.0900"))  # fields are kept as written, not reformatted
+    log = MetricsLog(path, rundir.METRICS_COLUMNS)
+    assert [row["epoch"] for row in log.rows()] == ["1", "2"] and log.rows()[0]["loss"] == "3.0900"
+    log.write({"epoch": 3, "step": 12, "loss": 1.5})
+    assert tf.io.gfile.GFile(path).read() == GOOD_METRICS.replace("3.09", "3.0900") + "3,12,1.5,,,,,,\n"
 
 
 def test_files_of_a_run(location):
@@ -176,10 +239,17 @@ def test_same_run_with_resumable_changes_passes(location, recorded):
     run.check_same_run("\n\n".join(reversed(sections)).replace("ResNet.norm", "resnet.model.ResNet.norm") + "\n# note\n")
 
 
-def test_another_run_is_refused_listing_every_difference(location, recorded):
+def started_run(location: str, operative: str) -> RunDirectory:
+    """A run directory that records `operative` and one epoch of metrics: a run that has begun."""
     run = RunDirectory(location)
     run.create()
-    run.write_operative_config(recorded)
+    run.write_operative_config(operative)
+    run.metrics.write({"epoch": 1, "step": 4, "loss": 2.5})
+    return run
+
+
+def test_another_run_is_refused_listing_every_difference(location, recorded):
+    run = started_run(location, recorded)
     before = files(location)
     other = operative("ResNet.stage_blocks = (2, 2, 2)", "Trainer.momentum = 0.5", "Trainer.epochs = 5")
     other = other.replace("Trainer.nesterov = False\n", "") + "\nResNet.extra = 'x'\n"
@@ -197,20 +267,39 @@ def test_another_run_is_refused_listing_every_difference(location, recorded):
 
 
 def test_module_qualifiers_that_name_other_configurables_count(location):
-    run = RunDirectory(location)
-    run.create()
-    run.write_operative_config("a.Block.width = 1\nb.Block.width = 2\n")
+    run = started_run(location, "a.Block.width = 1\nb.Block.width = 2\n")
     run.check_same_run("b.Block.width = 2\na.Block.width = 1\n")
     with pytest.raises(RunDirectoryMismatch, match=r"a.Block.width: 1 -> 2\n  b.Block.width: 2 -> 1\n"):
         run.check_same_run("a.Block.width = 2\nb.Block.width = 1\n")
 
 
 def test_unparsable_recorded_config_is_named(location):
-    run = RunDirectory(location)
-    run.create()
-    run.write_operative_config("Trainer.epochs = (\n")
+    run = started_run(location, "Trainer.epochs = (\n")
     with pytest.raises(ValueError, match="holds an operative_config.gin that cannot be parsed"):
         run.check_same_run("Trainer.epochs = 2\n")
+    tf.io.gfile.remove(run.join("operative_config.gin"))
+    with tf.io.gfile.GFile(run.join("operative_config.gin"), "wb") as f:
+        f.write(b"Trainer.epochs = 2\n# \xff\xfe\n")
+    with pytest.raises(ValueError, match="holds an operative_config.gin that cannot be parsed .*line 2: byte 22 of the "
+                                         "file is not UTF-8 text"):
+        run.check_same_run("Trainer.epochs = 2\n")
+
+
+def test_a_directory_without_checkpoint_or_metrics_is_not_yet_a_run(location, recorded, capsys):
+    """A run that failed before its first backup (a wrong weights path, say) may start again
+    with another configuration; once it has a checkpoint or a metrics row, it is a run."""
+    run = RunDirectory(location)
+    run.create()
+    run.write_operative_config(recorded)
+    run.append_command(["resnet-train", "--gin_param=PretrainedWeights.path = 'wrong.npz'"])
+    other = recorded.replace("Trainer.momentum = 0.9", "Trainer.momentum = 0.5")
+    run.check_same_run(other)
+    assert "holds no checkpoint and no metrics yet" in capsys.readouterr().out
+    tf.io.gfile.makedirs(run.join("backup"))
+    run.write_text("backup/backup-2.index", "")
+    with pytest.raises(RunDirectoryMismatch, match="Trainer.momentum: 0.9 -> 0.5"):
+        run.check_same_run(other)
+    assert run.started()
 
 
 # -------------------------------------------------------------------------------------- lock
@@ -309,14 +398,33 @@ def test_lock_of_another_host_is_taken_over_only_when_stale(location):
         assert lock_owner(run)["host"] == socket.gethostname()
 
 
-def test_unreadable_fresh_local_lock_is_respected(tmp_path):
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not UTF-8 {", b"[1, 2]", b'{"host": '])
+def test_unreadable_fresh_local_lock_is_respected(tmp_path, content):
     run = RunDirectory(str(tmp_path), stale_after=60)
-    (tmp_path / "run.lock").write_text("")  # being written by a run that just created it
-    with pytest.raises(RunDirectoryLocked, match="unknown \\(run.lock is unreadable; delete it if no run uses"):
+    (tmp_path / "run.lock").write_bytes(content)  # being written by a run that just created it
+    unreadable = f"unknown \\({re.escape(str(tmp_path / 'run.lock'))} cannot be read as a lock; delete it if no run uses"
+    with pytest.raises(RunDirectoryLocked, match=unreadable):
         run.lock()
     os.utime(tmp_path / "run.lock", (0, 0))  # ... or left long ago by a run that died writing it
     with run.lock():
         assert lock_owner(run)["pid"] == os.getpid()
+
+
+def test_a_directory_in_place_of_the_lock(tmp_path, capsys):
+    run = RunDirectory(str(tmp_path), stale_after=60)
+    (tmp_path / "run.lock").mkdir()
+    with pytest.raises(RunDirectoryLocked, match=f"unknown \\({re.escape(str(tmp_path / 'run.lock'))} cannot be read"):
+        run.lock()  # fresh: perhaps a run's doing
+    os.utime(tmp_path / "run.lock", (0, 0))
+    with run.lock():  # old and empty: taken over
+        assert lock_owner(run)["pid"] == os.getpid()
+    assert "Taking over the lock of a run that is gone: unknown" in capsys.readouterr().out
+    (tmp_path / "run.lock").mkdir()
+    (tmp_path / "run.lock" / "notes.txt").write_text("mine")
+    os.utime(tmp_path / "run.lock", (0, 0))
+    with pytest.raises(ValueError, match="run.lock is a directory with files in it, where the run's lock file belongs"):
+        run.lock()
+    assert (tmp_path / "run.lock" / "notes.txt").read_text() == "mine"  # nothing of it deleted
 
 
 def test_heartbeat_refreshes_the_lock(location, monkeypatch):
@@ -362,3 +470,79 @@ def test_worker_scratch_is_emptied_at_start_and_removed_at_exit(tmp_path, monkey
     run.cleanup_scratch()
     assert not os.path.exists(scratch)
     run.cleanup_scratch()  # nothing left to do
+
+
+# ------------------------------------------------------------------------- damaged files
+
+
+def save_checkpoints(run: RunDirectory, kind: str, numbers) -> list[str]:
+    """Checkpoints of a small variable saved into `kind` as the trainer saves them; their paths, newest first."""
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), run.checkpoint_dir(kind),
+                                         max_to_keep=5, checkpoint_name=rundir.CHECKPOINT_NAMES[kind])
+    return [manager.save(checkpoint_number=n) for n in numbers][::-1]
+
+
+@pytest.mark.parametrize("damage", [b"garbage {{{", b"\xff\xfe\x00", b'model_checkpoint_path: ""\n', "directory"])
+def test_a_damaged_checkpoint_state_falls_back_to_the_checkpoints_found_by_name(location, damage, capsys):
+    run = RunDirectory(location)
+    run.create()
+    saved = save_checkpoints(run, "backup", [2, 10, 4])  # numbered, not in the order saved
+    state = run.join("backup", "checkpoint")
+    tf.io.gfile.remove(state)
+    if damage == "directory":
+        tf.io.gfile.makedirs(state)
+    else:
+        with tf.io.gfile.GFile(state, "wb") as f:
+            f.write(damage)
+    by_number = [f"{run.checkpoint_dir('backup')}/backup-{n}" for n in (10, 4, 2)]
+    assert sorted(saved) == sorted(by_number)
+    assert run.checkpoints("backup") == by_number
+    assert run.checkpoint_path("backup") == by_number[0]
+    assert run.checkpoint_candidates("backup") == by_number  # no epoch checkpoints
+    warning = capsys.readouterr().err
+    assert f"Warning: {state} cannot be read (" in warning and "backup-10, backup-4, backup-2" in warning
+    run.repair_checkpoint_state("backup")
+    assert run.checkpoints("backup") == by_number and not capsys.readouterr().err
+    if damage == "directory":
+        assert tf.io.gfile.isdir(state + ".damaged")  # moved aside, not deleted
+    else:
+        with tf.io.gfile.GFile(state + ".damaged", "rb") as f:
+            assert f.read() == damage  # the damaged file is kept
+    save_checkpoints(run, "backup", [12])  # saving goes on
+    assert run.checkpoint_path("backup").endswith("backup-12")
+
+
+def test_lock_token_identifies_the_holder(location):
+    run = RunDirectory(location)
+    run.create()
+    assert run.lock_token() is None
+    with run.lock():
+        token = run.lock_token()
+        assert isinstance(token, int) and 0 <= token < 2 ** 63
+        assert RunDirectory(location).lock_token() == token  # what another worker reads
+    write_lock(run, token="not hex")
+    assert run.lock_token() is None
+
+
+def test_command_log_keeps_whatever_it_holds(location):
+    run = RunDirectory(location)
+    run.create()
+    with tf.io.gfile.GFile(run.join("command.txt"), "wb") as f:
+        f.write(b"2026-01-01  resnet-train --gin_param=\xff\n")
+    run.append_command(["resnet-train"])
+    with tf.io.gfile.GFile(run.join("command.txt"), "rb") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == b"2026-01-01  resnet-train --gin_param=\xff" and lines[1].endswith(b"  resnet-train")
+
+
+def test_storage_full_is_recognized():
+    import errno
+
+    assert rundir.is_storage_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert rundir.is_storage_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert rundir.is_storage_full(tf.errors.ResourceExhaustedError(
+        None, None, "/r/checkpoints/epoch-1_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No space left "
+        "on device [Op:SaveV2]"))
+    assert not rundir.is_storage_full(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
+    assert not rundir.is_storage_full(OSError(errno.EACCES, "Permission denied"))
+    assert not rundir.is_storage_full(ValueError("No space left on device"))
