@@ -14,8 +14,8 @@ from absl import flags, logging
 from resnet import config as gin_config
 from resnet.training import distribution
 from resnet.training.evaluator import restore_model, restore_newest_intact
-from resnet.training.rundir import RunDirectory
-from resnet.training.trainer import Trainer, TrainingDiverged, TrainingStopped
+from resnet.training.rundir import RunDirectory, first_line, is_storage_full
+from resnet.training.trainer import StorageFull, Trainer, TrainingDiverged, TrainingInterrupted, TrainingStopped
 
 
 def define_gin_param_flag() -> None:
@@ -24,15 +24,21 @@ def define_gin_param_flag() -> None:
     )
 
 
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code after Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
 def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Callable[[list[str]], None]:
     """Wraps an absl `main` so that it ends with one clear line on stderr, and an exit code that
     says what a scheduler should do:
 
     * 2: a user's mistake (bad config or data, a diverged loss); rerunning will not help.
-    * `distribution.CLUSTER_ERROR_EXIT_CODE` (75): a multi-worker cluster did not form or lost a
-      worker; restart every worker with the same command.
+    * `distribution.CLUSTER_ERROR_EXIT_CODE` (75): try again: a multi-worker cluster did not
+      form or lost a worker (restart every worker with the same command), or the storage ran
+      out of space (free some; nothing written before is lost).
     * `distribution.PREEMPTED_EXIT_CODE` (42): stopped by SIGTERM after saving a backup; rerun
       the same command (every worker) to resume.
+    * `INTERRUPTED_EXIT_CODE` (130): Ctrl-C; training says what its newest backup holds.
 
     Library INFO logging (gin's file probing, TensorFlow's checkpoint internals) is hidden
     unless the user asks for it with `--verbosity=0`.
@@ -53,8 +59,31 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
         except distribution.ClusterError as error:
             # Exits at once: TensorFlow's shutdown of a broken cluster is slow and noisy.
             distribution.exit_process(distribution.CLUSTER_ERROR_EXIT_CODE, f"{program}: error: {error}")
+        except StorageFull as error:
+            print(f"{program}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(distribution.CLUSTER_ERROR_EXIT_CODE)
+        except (tf.errors.OpError, OSError) as error:
+            if not is_storage_full(error):
+                raise
+            print(f"{program}: error: no space left on the storage while writing ({first_line(error)}); what was "
+                  "written before is intact and nothing half-written is left. Free some space and run the same "
+                  "command again.", file=sys.stderr, flush=True)
+            sys.exit(distribution.CLUSTER_ERROR_EXIT_CODE)
+        except TrainingInterrupted as interrupted:
+            print(f"{program}: {interrupted}", file=sys.stderr, flush=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        except KeyboardInterrupt:
+            print(f"{program}: interrupted; nothing was written.", file=sys.stderr, flush=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
 
     return wrapped
+
+
+def check_path_flag(name: str, value: str | None) -> str | None:
+    """`value` of the path flag `--name`, refused if it was given empty (`--model_dir=`)."""
+    if value is not None and not value.strip():
+        raise ValueError(f"`--{name}` must name a directory; received {value!r}.")
+    return value
 
 
 def parse_gin(config_files: list, gin_params: list[str]) -> None:
@@ -85,7 +114,7 @@ def trainer_from_run(model_dir: str, gin_params: list[str]) -> Trainer:
 
     No strategy is set up: evaluating and exporting run on one device whatever the run trained with.
     """
-    operative = RunDirectory(model_dir).operative_config()
+    operative = RunDirectory(check_path_flag("model_dir", model_dir)).operative_config()
     if operative is None:
         raise ValueError(
             f"`--model_dir` {model_dir!r} holds no operative_config.gin; point it at a directory "

@@ -38,7 +38,9 @@ def main(argv: list[str]) -> None:
     cli.parse_gin(files, FLAGS.gin_param)
     strategy = cli.setup_training_strategy()
     stem = os.path.splitext(os.path.basename(files[0]))[0]
-    model_dir = FLAGS.model_dir or os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    model_dir = cli.check_path_flag("model_dir", FLAGS.model_dir) or os.path.join(
+        "runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
     trainer.build(strategy)
     print(f"Writing to {model_dir}", flush=True)

@@ -285,7 +285,8 @@ def _unreachable_peers(strategy: tf.distribute.Strategy) -> list[tuple[str, int]
     return lost
 
 
-def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans several worker processes (a cluster in `TF_CONFIG`)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver is not None and bool(resolver.task_type)
 
@@ -312,7 +313,7 @@ def cluster_error(error: BaseException, strategy: tf.distribute.Strategy) -> Clu
     """
     if isinstance(error, ClusterError):
         return error
-    if not _is_multi_worker(strategy) or not isinstance(error, _CLUSTER_ERRORS):
+    if not is_multi_worker(strategy) or not isinstance(error, _CLUSTER_ERRORS):
         return None
     message = str(error)
     if not _CLUSTER_WORDS.search(message):
@@ -387,7 +388,7 @@ def task_name(strategy: tf.distribute.Strategy) -> str:
         >>> task_name(setup("default"))
         ''
     """
-    if not _is_multi_worker(strategy):
+    if not is_multi_worker(strategy):
         return ""
     resolver = strategy.cluster_resolver
     return f"{resolver.task_type} {resolver.task_id}"
@@ -410,7 +411,7 @@ def agree(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
         >>> agree(setup("default"), 7)
         (7, 7)
     """
-    if not _is_multi_worker(strategy):
+    if not is_multi_worker(strategy):
         return value, value
     gathered = _gatherer(strategy)(tf.constant([value], tf.int64)).numpy()
     return int(gathered.min()), int(gathered.max())
@@ -427,6 +428,40 @@ def _gatherer(strategy: tf.distribute.Strategy) -> tf.types.experimental.Polymor
         return strategy.experimental_local_results(gathered)[0]
 
     return gather
+
+
+class OtherWorkerFailed(ValueError):
+    """Another worker of the run stopped on an error of its own, which it reports itself."""
+
+
+@contextlib.contextmanager
+def fail_together(strategy: tf.distribute.Strategy, what: str) -> Iterator[None]:
+    """Runs a block of checks that may fail on some workers only, then stops every worker if any
+    failed: a worker that raised re-raises its error, the others raise `OtherWorkerFailed`.
+
+    Without it, a worker refusing to start leaves the others waiting in their next collective
+    until they count it as lost. Every worker must enter the block (it ends in a collective); in
+    a single process it is just the block.
+
+    Args:
+        strategy: The strategy the workers run under.
+        what: What the block does, for the message of `OtherWorkerFailed` ("checking the run").
+
+    Example:
+        >>> with fail_together(setup("default"), "checking the data"):
+        ...     pass
+    """
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(Exception):  # a broken cluster: this worker's own error says more
+            agree(strategy, 1)
+        raise
+    if agree(strategy, 0)[1]:
+        raise OtherWorkerFailed(
+            f"Another worker stopped with an error while {what} (its own output says why); {task_name(strategy)} "
+            "stops too."
+        )
 
 
 class StopSignal:

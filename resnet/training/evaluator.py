@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet.data.pipeline import InputPipeline
+from resnet.training.rundir import first_line
 from resnet.training.steps import make_eval_step
 
 
@@ -121,7 +122,7 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, what: str = "
         status = checkpoint.restore(path)
     except ValueError as error:  # a shape mismatch is raised while restoring
         _drop_abandoned_restore_warnings()
-        raise ValueError(f"Checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+        raise ValueError(f"Checkpoint {path} does not fit {what}: {first_line(error)}") from None
     except UNREADABLE:
         _drop_abandoned_restore_warnings()
         raise
@@ -129,13 +130,14 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, what: str = "
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
-        raise ValueError(f"Checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+        raise ValueError(f"Checkpoint {path} does not fit {what}: {first_line(error)}") from None
 
 
-# What reading a damaged checkpoint raises (a truncated data file: "Read less bytes than
-# requested"; a missing or corrupt shard or index). A checkpoint of another model is a ValueError.
-UNREADABLE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError,
-              tf.errors.InternalError)
+# What reading a damaged checkpoint raises: IndexError for a truncated data file ("Read less bytes
+# than requested"), a TensorFlow error for anything else (a missing, empty or corrupt data file or
+# index, "not an sstable", a directory where a file belongs: DataLossError, NotFoundError, or the
+# base OpError with code UNKNOWN). A checkpoint of another model is a ValueError.
+UNREADABLE = (IndexError, tf.errors.OpError)
 
 
 def restore_newest_intact(restore: Callable[[str], None], candidates: Sequence[str]) -> str | None:
@@ -151,7 +153,7 @@ def restore_newest_intact(restore: Callable[[str], None], candidates: Sequence[s
         try:
             restore(path)
         except UNREADABLE as error:
-            unreadable.append(f"{path} ({_first_line(error)})")
+            unreadable.append(f"{path} ({first_line(error)})")
             continue
         for entry in unreadable:
             print(f"Warning: checkpoint {entry} cannot be read; using {path} instead.", file=sys.stderr, flush=True)
@@ -167,6 +169,7 @@ class _AbandonedRestoreFilter(logging.Filter):
     PREFIXES = (
         "Detecting that an object or model or tf.train.Checkpoint is being deleted with unrestored values",
         "Value in checkpoint could not be found in the restored object",
+        "Couldn't match files for checkpoint",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -204,8 +207,3 @@ def restore_model(model: keras.Model, path: str) -> None:
 def _checkpoint_key(name: str) -> str:
     """The key `tf.train.Checkpoint(model={name: variable})` stores a variable under."""
     return "model/" + name.replace(".", "..").replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:500] if text else type(error).__name__

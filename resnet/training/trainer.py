@@ -12,12 +12,13 @@ and restores, `RunDirectory` owns the files of `model_dir`, and `Trainer` is the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
@@ -38,7 +39,16 @@ from resnet.training.evaluator import (
     variables_by_path,
 )
 from resnet.training.finetune import PretrainedWeights, freeze
-from resnet.training.rundir import CHECKPOINT_KINDS, RunDirectory, join
+from resnet.training.rundir import (
+    CHECKPOINT_KINDS,
+    CHECKPOINT_NAMES,
+    METRICS_COLUMNS,
+    SHARED_STORAGE,
+    RunDirectory,
+    first_line,
+    is_storage_full,
+    join,
+)
 from resnet.training.schedules import learning_rate_schedule
 from resnet.training.steps import check_no_model_losses, make_train_step
 from resnet.validation import check_choice, check_int, check_rate
@@ -46,7 +56,7 @@ from resnet.validation import check_choice, check_int, check_rate
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PROGRESS = ("auto", "bar", "epoch")
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingStopped", "variables_by_path"]
+__all__ = ["StorageFull", "Trainer", "TrainingDiverged", "TrainingInterrupted", "TrainingStopped", "variables_by_path"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -56,6 +66,15 @@ class TrainingDiverged(FloatingPointError):
 class TrainingStopped(Exception):
     """Training stopped on a stop signal (SIGTERM, a preemption notice) after saving a backup;
     running the same command again resumes there."""
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted (Ctrl-C); the message says what the newest backup holds."""
+
+
+class StorageFull(Exception):
+    """The storage of `model_dir` ran out of space while the trainer wrote to it; nothing that
+    was written before is lost, and rerunning once there is space resumes the run."""
 
 
 @gin.configurable(module="resnet", denylist=["model_dir"])
@@ -316,66 +335,156 @@ class Trainer:
     def train(self, command: Sequence[str] | None = None) -> dict[str, float]:
         """Trains until `epochs` are done, resuming from `model_dir`'s backup if it has one.
 
-        Before anything is written, a directory that records another run's configuration is
-        refused (`RunDirectory.check_same_run`), and the directory is locked against a second
-        run. In a multi-worker run only the chief writes `model_dir`.
+        Before anything is written, every check that can refuse the run is made: a directory
+        that records another run's configuration (`RunDirectory.check_same_run`), a damaged
+        `metrics.csv` or one that lacks rows of finished epochs, a directory held by another
+        run (it is then locked against a second one), workers that do not all see the chief's
+        directory, a checkpoint that does not fit, pretrained weights that cannot be loaded. A
+        refused run leaves the directory as it was. In a multi-worker run only the chief writes
+        `model_dir`, and a check that fails on one worker stops them all.
 
         Args:
             command: The command line to record in `command.txt`; None records nothing.
 
         Returns:
-            The last epoch's metrics.
+            The last epoch's metrics (read from `metrics.csv` when every epoch was already done).
 
         Raises:
             TrainingDiverged: The loss became NaN or infinite; the message names the step and
                 the last good checkpoint, which is left in place.
+            TrainingInterrupted: Ctrl-C; the message says what the newest backup holds.
+            StorageFull: No space left while saving; the message names what was being written
+                and the newest backup, which is intact.
             ValueError: The directory holds another run, is in use, or workers disagree on it.
         """
         self.build()
-        run = self.run_dir
-        operative = gin.operative_config_str()
-        with distribution.reraise_as_cluster_error(self.strategy):
-            if self.is_chief:
-                run.create()  # adds nothing to an existing directory; fails clearly if unwritable
-            run.check_same_run(operative)
-            if self.is_chief:
-                run.metrics.rows()  # a damaged metrics.csv is refused now, not after an epoch of training
-            if not self.is_chief:
-                try:
-                    return self._train_resumed(run.worker_scratch(distribution.task_name(self.strategy)))
-                finally:
-                    run.cleanup_scratch()
-            with run.lock():
-                if command is not None:
-                    run.append_command(command)
-                run.write_operative_config(operative)
-                return self._train_resumed(run.path)
+        try:
+            return self._train_checked(command)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"Interrupted. {self._backup_state()}") from None
 
-    def _train_resumed(self, root: str) -> dict[str, float]:
-        """Restores the backup of `model_dir` if any and trains, checkpointing into `root`
-        (`model_dir` for the chief, a scratch directory for the other workers)."""
-        run = self.run_dir
-        resumed = self.restore("backup")
-        start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
-        position = start_epoch * self.steps + skip
-        low, high = distribution.agree(self.strategy, position)
+    def _train_checked(self, command: Sequence[str] | None) -> dict[str, float]:
+        run, strategy = self.run_dir, self.strategy
+        operative = gin.operative_config_str()
+        with distribution.reraise_as_cluster_error(strategy), contextlib.ExitStack() as held:
+            with distribution.fail_together(strategy, "checking the run directory"):
+                if self.is_chief:
+                    run.create()  # adds nothing to an existing directory; fails clearly if unwritable
+                run.check_same_run(operative)
+                if self.is_chief:
+                    run.metrics.rows()  # a damaged metrics.csv is refused now, not after an epoch of training
+                    held.enter_context(run.lock())
+            self._check_shared_directory()
+            if self.is_chief:
+                root = run.path
+            else:
+                root = run.worker_scratch(distribution.task_name(strategy))
+                held.callback(run.cleanup_scratch)
+            with distribution.fail_together(strategy, "restoring the run"):
+                resumed = self._restore_or_initialize()
+            start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
+            low, high = distribution.agree(strategy, start_epoch * self.steps + skip)
+            if low != high:
+                raise ValueError(
+                    f"The workers restored different points of the run (global steps {low} and {high}): each "
+                    f"sees another `--model_dir` {self.model_dir!r}. It must be {SHARED_STORAGE}."
+                )
+            if self.is_chief:  # the first writes: nothing can refuse the run any more
+                with self._writing("the run's configuration"):
+                    for kind in CHECKPOINT_KINDS:
+                        run.repair_checkpoint_state(kind)
+                    if command is not None:
+                        run.append_command(command)
+                    run.write_operative_config(operative)
+            if resumed:
+                print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}.", flush=True)
+            if start_epoch >= self.epochs:
+                print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
+                return self._recorded_metrics(start_epoch)
+            return self._train_from(root, start_epoch, skip)
+
+    def _check_shared_directory(self) -> None:
+        """Refuses, on every worker at once, a multi-worker run whose workers do not all see the
+        chief's `model_dir`: each reads the token of the `run.lock` in its own `model_dir`, which
+        the chief took before the collective that ended the checks, and all compare them."""
+        if not distribution.is_multi_worker(self.strategy):
+            return
+        token = self.run_dir.lock_token()
+        low, high = distribution.agree(self.strategy, token if token is not None else -1)
         if low != high:
             raise ValueError(
-                f"The workers restored different points of the run (global steps {low} and {high}): each "
-                f"sees another `--model_dir` {self.model_dir!r}. It must be storage every worker sees (a "
-                "shared file system, or a URI such as gs://...)."
+                f"The workers do not all see the chief's `--model_dir` ({self.model_dir!r} on "
+                f"{distribution.task_name(self.strategy)}): it must be {SHARED_STORAGE}. Nothing was written."
             )
-        if resumed:
-            print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}.", flush=True)
-        elif self.initial_weights is not None:
+
+    def _restore_or_initialize(self) -> str | None:
+        """Restores the newest backup (or the newest intact checkpoint), or loads the initial
+        weights of a new run; checks that `metrics.csv` holds a row for every finished epoch.
+
+        Returns:
+            The checkpoint restored, or None for a new run.
+        """
+        resumed = self.restore("backup")
+        if self.is_chief:
+            rows, finished = len(self.run_dir.metrics.rows()), int(self.epoch.numpy())
+            path = self.run_dir.metrics.path
+            if resumed is None and rows:
+                raise ValueError(
+                    f"{path} records {rows} epoch(s), but `--model_dir` {self.model_dir!r} holds no checkpoint to "
+                    "resume them from. Use a new `--model_dir`, or move metrics.csv away to start this run anew."
+                )
+            if rows < finished:
+                raise ValueError(
+                    f"{path} records epochs 1 to {rows}, but the run has finished {finished} ({resumed}): the rows of "
+                    f"epochs {rows + 1} to {finished} are missing. Put back a copy of the file, or add a line holding "
+                    f"only the epoch number for each missing epoch (e.g. `{rows + 1}{',' * (len(METRICS_COLUMNS) - 1)}`) "
+                    "to go on without them."
+                )
+        if resumed is None and self.initial_weights is not None:
             print(self.initial_weights.load_into(self.model), flush=True)
-        if start_epoch >= self.epochs:
-            print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
+        return resumed
+
+    def _recorded_metrics(self, epochs: int) -> dict[str, float]:
+        """The metrics `metrics.csv` recorded for epoch `epochs`, as numbers ({} if it has none)."""
+        rows = self.run_dir.metrics.rows()
+        if len(rows) < epochs or epochs == 0:
+            return {}
+        row = rows[epochs - 1]
+        return {key: (int(value) if key in ("epoch", "step") else float(value)) for key, value in row.items() if value}
+
+    def _backup_state(self) -> str:
+        """What the newest backup holds, and how to resume from it."""
+        backup = self.run_dir.checkpoint_path("backup") if self._built else None
+        if backup is None:
+            return f"No backup was saved in {self.model_dir} yet."
+        done = int(backup.rsplit("-", 1)[1])
+        epoch, step = divmod(done, self.steps)
+        where = f"the end of epoch {epoch}" if step == 0 else f"step {step} of {self.steps} in epoch {epoch + 1}"
+        return f"The newest backup, {backup}, holds the run at {where}: run the same command to resume from there."
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turns running out of storage space while writing `what` into a `StorageFull` that names
+        it and the newest backup (checkpoints and files are replaced atomically: the old ones stay)."""
+        try:
+            yield
+        except (tf.errors.OpError, OSError) as error:
+            if not is_storage_full(error):
+                raise
+            raise StorageFull(
+                f"No space left on the storage of `--model_dir` while writing {what} ({first_line(error)}). Nothing "
+                f"was lost: files are replaced whole, the old one stays. {self._backup_state()} Free some space first."
+            ) from None
+
+    def _train_from(self, root: str, start_epoch: int, skip: int) -> dict[str, float]:
+        """Trains epochs `start_epoch` (from its step `skip`) to the last, checkpointing into `root`
+        (`model_dir` for the chief, a scratch directory for the other workers)."""
+        run = self.run_dir
         managers = {
             kind: tf.train.CheckpointManager(
                 self.checkpoint, join(root, kind),
                 max_to_keep=self.keep_checkpoints if kind == "checkpoints" else 1,
-                checkpoint_name={"checkpoints": "epoch"}.get(kind, kind),
+                checkpoint_name=CHECKPOINT_NAMES[kind],
             )
             for kind in CHECKPOINT_KINDS
         }
@@ -384,12 +493,11 @@ class Trainer:
         row: dict[str, float] = {}
         try:
             with distribution.StopSignal(self.strategy) as stop:
-                if start_epoch < self.epochs:
-                    # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
-                    # where the last one stopped, without skipping to it again (see InputPipeline.train).
-                    stream = iter(self.strategy.experimental_distribute_dataset(self.pipeline.train(
-                        start_epoch, skip_steps=skip, steps=self.steps_per_epoch, epochs=self.epochs - start_epoch
-                    )))
+                # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
+                # where the last one stopped, without skipping to it again (see InputPipeline.train).
+                stream = iter(self.strategy.experimental_distribute_dataset(self.pipeline.train(
+                    start_epoch, skip_steps=skip, steps=self.steps_per_epoch, epochs=self.epochs - start_epoch
+                )))
                 for epoch in range(start_epoch, self.epochs):
                     batches = itertools.islice(stream, self.steps - skip)
                     row = self._train_epoch(epoch, skip, batches, train_step, managers, writer, stop)
@@ -417,14 +525,14 @@ class Trainer:
             self.run_dir.heartbeat()
             if stop.agreed():
                 self._check_finite(global_step)
-                managers["backup"].save(checkpoint_number=global_step)
+                self._save(managers, "backup", global_step)
                 raise TrainingStopped(
                     f"Stopped by a stop signal at step {global_step} (epoch {epoch + 1}, step {step + 1}) after "
                     f"saving a backup in {self.model_dir}; run the same command again to resume."
                 )
             if self.backup_every_steps and (step + 1) % self.backup_every_steps == 0 and step + 1 < self.steps:
                 self._check_finite(global_step)
-                managers["backup"].save(checkpoint_number=global_step)
+                self._save(managers, "backup", global_step)
         if steps_done == 0 and skip < self.steps:
             raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
         count, reports = self._skipped_records()
@@ -484,22 +592,29 @@ class Trainer:
         # The epoch's checkpoints first: a failure writing the metrics cannot lose them.
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
-        managers["checkpoints"].save(checkpoint_number=epoch + 1)
+        self._save(managers, "checkpoints", epoch + 1)
         if row["val_accuracy"] > float(self.best_accuracy.numpy()):
             self.best_accuracy.assign(row["val_accuracy"])
-            managers["best"].save(checkpoint_number=epoch + 1)
+            self._save(managers, "best", epoch + 1)
             if self.is_chief:
-                self.run_dir.write_json("best/best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
+                with self._writing(self.run_dir.join("best", "best.json")):
+                    self.run_dir.write_json("best/best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
         if self.is_chief:
-            # Nine significant digits hold a float32 exactly: the figures are those evaluated.
-            self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-            with writer.as_default(step=step):
+            with self._writing(self.run_dir.metrics.path):
+                # Nine significant digits hold a float32 exactly: the figures are those evaluated.
+                self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
+            with self._writing(self.run_dir.join("tensorboard")), writer.as_default(step=step):
                 for key, value in row.items():
                     if key not in ("epoch", "step"):
                         tf.summary.scalar(key, value)
-            writer.flush()
+                writer.flush()
         # Last: the backup marks the epoch as finished, so a rerun never redoes it.
-        managers["backup"].save(checkpoint_number=step)
+        self._save(managers, "backup", step)
+
+    def _save(self, managers: dict[str, tf.train.CheckpointManager], kind: str, number: int) -> None:
+        manager = managers[kind]
+        with self._writing(f"the checkpoint {join(manager.directory, CHECKPOINT_NAMES[kind])}-{number}"):
+            manager.save(checkpoint_number=number)
 
     def _progress_bar(self, epoch: int):
         use_bar = self.progress == "bar" or (self.progress == "auto" and sys.stdout.isatty())

@@ -270,3 +270,44 @@ def test_corrupt_image_is_named_by_the_training_binary(tmp_path):
     # The epoch ends with a summary of what it skipped, naming the first files.
     assert (f"Epoch 1 skipped 1 unreadable training record(s) of '{tmp_path.name}'; first: could not read or decode "
             f"{broken} (TensorFlow logs the cause as a warning).\n") in skipping.stdout, skipping.stdout
+
+
+def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
+    model_dir = tmp_path / "interrupted"
+    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
+              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
+    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.time() + 300
+        while not tf.train.latest_checkpoint(model_dir / "backup"):
+            assert process.poll() is None and time.time() < deadline, "no backup appeared"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("resnet-train: Interrupted. The newest backup, ") and "run the same command to resume" in last
+    assert not (model_dir / "run.lock").exists()
+    resumed = run("resnet-train", f"--model_dir={model_dir}", params=params)
+    assert "Resuming from" in resumed.stdout and [r["epoch"] for r in metrics(model_dir)] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "program, args, message",
+    [
+        ("resnet-train", ["--model_dir="], "`--model_dir` must name a directory; received ''."),
+        ("resnet-eval", ["--model_dir="], "`--model_dir` must name a directory; received ''."),
+        ("resnet-eval", ["--model_dir= "], "`--model_dir` must name a directory; received ' '."),
+        ("resnet-export", ["--model_dir=runs/x", "--output="], "`--output` must name a directory; received ''."),
+    ],
+)
+def test_an_empty_path_flag_is_an_error_naming_it(tmp_path, program, args, message):
+    result = run(program, *args, params=FAST, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"{program}: error: {message}", result.stderr
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []

@@ -239,16 +239,32 @@ def test_two_workers_agree_evaluate_to_their_metrics_and_refuse_an_unshared_mode
     assert_checkpoint_evaluates_to_its_metrics(model_dir)
     assert not list(cluster.scratch.glob("resnet-worker-*"))
 
-    # Continued with a model_dir the workers do not share: the chief restores the run's last
-    # backup, the other worker nothing. They stop before training, saying why.
+    # Continued with a model_dir the workers do not share: the other worker does not see the
+    # chief's run. Both stop before training, saying why, and the run's files are untouched.
     unshared = [p for p in params if "epochs" not in p] + ["Trainer.epochs = 3"]
+    before = snapshot(model_dir)
     cluster.start_all([model_dir, tmp_path / "elsewhere"], unshared)
     for code, out, err, _ in cluster.finish().values():
-        assert code != 0
-        assert "restored different points" in err and "shared" in err, err
+        assert code == 2, err
+        assert "storage every worker sees" in err and "Nothing was written" in err, err
         assert "Traceback" not in err
         assert "Epoch 3/3" not in out
-    assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
+    assert snapshot(model_dir) == before  # no command appended, no config rewritten
+    assert not (tmp_path / "elsewhere").exists() or not snapshot(tmp_path / "elsewhere")
+
+    # A new run whose workers were given different directories is refused the same way.
+    fresh = [tmp_path / "fresh-chief", tmp_path / "fresh-worker"]
+    cluster.start_all(fresh, params)
+    for code, out, err, _ in cluster.finish().values():
+        assert code == 2 and "storage every worker sees" in err and "Traceback" not in err, err
+        assert "Epoch 1/2" not in out
+    for directory in fresh:
+        assert not directory.exists() or not snapshot(directory), snapshot(directory)
+
+
+def snapshot(directory):
+    """Every file below `directory` with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
 def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, cluster):

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 import resnet
-from conftest import torchvision_resnet18_state
+from conftest import marked_slow, torchvision_resnet18_state
 from resnet import config
+from resnet.training.rundir import RunDirectory
 from resnet.training.steps import classification_loss, decayed_kernels, make_train_step
 from resnet.training.trainer import Trainer, TrainingDiverged, variables_by_path
 
@@ -313,3 +314,173 @@ def test_a_failed_restore_is_one_error_not_a_flood_of_warnings(tmp_path):
     assert result.stdout.count("refused:") == 3, result.stdout
     assert "holds 30 variable(s) the model lacks (stage1/block3/" in result.stdout, result.stdout
     assert "unrestored values" not in result.stderr and "could not be found" not in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A run of two TINY epochs (backups after every step; the newest is backup-4), trained once
+    for the tests below, which each work on a copy (`copied_run`), and its last metrics."""
+    model_dir = tmp_path_factory.mktemp("two_epochs") / "run"
+    gin.clear_config()
+    last = make_trainer(model_dir, "Trainer.epochs = 2", "Trainer.backup_every_steps = 1").train()
+    gin.clear_config()
+    keras.backend.clear_session()
+    return model_dir, last
+
+
+def copied_run(two_epochs, tmp_path):
+    import shutil
+
+    return shutil.copytree(two_epochs[0], tmp_path / "run")
+
+
+def resumed_trainer(model_dir, *bindings):
+    gin.clear_config()
+    keras.backend.clear_session()
+    return make_trainer(model_dir, "Trainer.backup_every_steps = 1", *bindings)
+
+
+def damage_missing_data(prefix: str) -> None:
+    os.remove(tf.io.gfile.glob(prefix + ".data-*")[0])
+
+
+def damage_garbage_index(prefix: str) -> None:
+    with open(prefix + ".index", "wb") as f:
+        f.write(b"not an sstable" * 20)
+
+
+def damage_index_directory(prefix: str) -> None:
+    os.remove(prefix + ".index")
+    os.mkdir(prefix + ".index")
+
+
+def damage_state_file(prefix: str) -> None:
+    with open(os.path.join(os.path.dirname(prefix), "checkpoint"), "wb") as f:
+        f.write(b"\xff\xfe not a checkpoint state")
+
+
+@pytest.mark.parametrize("damage", marked_slow(
+    [damage_missing_data, truncate, damage_garbage_index, damage_index_directory, damage_state_file],
+    lambda damage: damage is not damage_missing_data,
+))
+def test_any_unreadable_backup_falls_back_to_an_intact_checkpoint(two_epochs, tmp_path, capsys, damage):
+    """A backup whose `.data` file is missing, whose index is garbage or a directory, or whose
+    `checkpoint` pointer file is damaged, falls back for resuming and for evaluation, as a
+    truncated one does; training then goes on and saves again."""
+    from resnet import cli
+
+    model_dir = copied_run(two_epochs, tmp_path)
+    backup = str(model_dir / "backup" / "backup-4")
+    damage(backup)
+    _, _, _, path = cli.restored_model(str(model_dir), [], "backup")
+    assert path == (str(model_dir / "checkpoints" / "epoch-2") if damage is not damage_state_file else backup)
+    if damage is damage_index_directory:
+        return  # TensorFlow's CheckpointManager could not delete it when it replaces the backup
+    resumed = resumed_trainer(model_dir, "Trainer.epochs = 3")
+    resumed.train()
+    assert [row["epoch"] for row in resumed.run_dir.metrics.rows()] == ["1", "2", "3"]
+    assert resumed.run_dir.checkpoint_path("backup").endswith("backup-6")
+    assert "Warning:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_that_failed_to_start_may_start_again_and_wrote_nothing(tmp_path):
+    """A wrong pretrained-weights path stops the run before anything is written; with the path
+    fixed (another configuration), the same directory is then accepted."""
+    state = torchvision_resnet18_state(num_classes=10)
+    good = tmp_path / "resnet18.npz"
+    np.savez(good, **state)
+    bindings = ["ResNet.stage_strides = (1, 2, 2, 2)", "BasicBlock.shortcut = @ProjectionShortcut",
+                "ResNet.num_classes = 10", "Trainer.initial_weights = @PretrainedWeights()",
+                "Trainer.epochs = 1", "Trainer.steps_per_epoch = 1", "Trainer.batch_size = 8"]
+    run = tmp_path / "run"
+
+    def trainer(path):
+        gin.clear_config()
+        keras.backend.clear_session()
+        config.parse(["experiments/demo", "resnet18"], bindings + [f"PretrainedWeights.path = '{path}'"])
+        return gin.get_configurable(Trainer)(model_dir=run)
+
+    with pytest.raises(ValueError, match="does not exist"):
+        trainer(tmp_path / "wrong.npz").train(command=["resnet-train", "wrong"])
+    assert sorted(p.name for p in run.iterdir()) == []  # no command, no config, no lock
+    trainer(good).train(command=["resnet-train", "fixed"])
+    assert [row["epoch"] for row in RunDirectory(str(run)).metrics.rows()] == ["1"]
+    assert "fixed" in (run / "command.txt").read_text() and "wrong" not in (run / "command.txt").read_text()
+
+
+def snapshot(directory) -> dict:
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_metrics_must_cover_the_finished_epochs(two_epochs, tmp_path):
+    model_dir = copied_run(two_epochs, tmp_path)
+    metrics = model_dir / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+
+    def refused(message):
+        before = snapshot(model_dir)
+        with pytest.raises(ValueError, match=message):
+            resumed_trainer(model_dir, "Trainer.epochs = 3").train(command=["again"])
+        assert snapshot(model_dir) == before  # nothing written
+
+    metrics.write_text("\n".join(lines[:2]) + "\n")  # the row of epoch 2 lost
+    refused(r"records epochs 1 to 1, but the run has finished 2 .*the rows of epochs 2 to 2 are missing.*`2,,,,,,,,`")
+    for kind in ("backup", "checkpoints", "best"):
+        for path in (model_dir / kind).iterdir():
+            path.unlink()
+    metrics.write_text("\n".join(lines) + "\n")  # every checkpoint lost: the run cannot go on from epoch 0
+    refused("records 2 epoch\\(s\\), but `--model_dir` .* holds no checkpoint to resume")
+
+
+def test_a_finished_run_returns_its_last_recorded_metrics(two_epochs, tmp_path):
+    model_dir = copied_run(two_epochs, tmp_path)
+    again = resumed_trainer(model_dir, "Trainer.epochs = 2").train()
+    last = two_epochs[1]
+    assert again.keys() == last.keys() and again["epoch"] == 2 and again["step"] == last["step"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_top5", "learning_rate"):
+        assert again[key] == pytest.approx(last[key], rel=1e-6), key
+
+
+def test_ctrl_c_says_what_the_newest_backup_holds(two_epochs, tmp_path, monkeypatch):
+    from resnet.training.trainer import TrainingInterrupted
+
+    model_dir = copied_run(two_epochs, tmp_path)
+    trainer = resumed_trainer(model_dir, "Trainer.epochs = 3")
+    step = trainer.make_train_step()
+    calls = []
+
+    def interrupted_step(batch):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 3, step 2: the newest backup is that of step 1 of epoch 3
+            raise KeyboardInterrupt
+        return step(batch)
+
+    monkeypatch.setattr(trainer, "make_train_step", lambda: interrupted_step)
+    with pytest.raises(TrainingInterrupted, match=r"^Interrupted\. The newest backup, .*backup-5, holds the run at "
+                                                  r"step 1 of 2 in epoch 3: run the same command to resume"):
+        trainer.train()
+    assert not (model_dir / "run.lock").exists()
+
+
+def test_a_full_disk_while_saving_names_the_file_and_loses_nothing(two_epochs, tmp_path, monkeypatch):
+    from resnet.training.trainer import StorageFull
+
+    model_dir = copied_run(two_epochs, tmp_path)
+    resumed = resumed_trainer(model_dir, "Trainer.epochs = 3", "Trainer.backup_every_steps = 0")
+    written_at_start = ("command.txt", "operative_config.gin")  # a resumed run records its command and epochs
+    before = {p: v for p, v in snapshot(model_dir).items() if p.name not in written_at_start}
+
+    def full(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, f"{self.directory}/epoch-3_temp/part-0.data; No space left "
+                                                           "on device [Op:SaveV2]")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
+    with pytest.raises(StorageFull) as raised:
+        resumed.train()
+    message = str(raised.value)
+    assert message.startswith(f"No space left on the storage of `--model_dir` while writing the checkpoint "
+                              f"{model_dir / 'checkpoints' / 'epoch'}-3 (")
+    assert "Nothing was lost" in message and "backup-4, holds the run at the end of epoch 2" in message
+    after = snapshot(model_dir)
+    assert {p: after.get(p) for p in before} == before  # every file as it was (a new TensorBoard file aside)
