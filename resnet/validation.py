@@ -44,3 +44,9 @@ def check_int_sequence(argument: str, value: Any, length: int | None = None, min
                 f"`{argument}` must hold integers >= {minimum}; received {tuple(value)!r}."
             )
     return tuple(value)
+
+
+def listing(items: Sequence[str], limit: int = 8) -> str:
+    """`items` joined with commas for an error message, the first `limit` of them and how many more."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -8,8 +8,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from resnet.model import ResNet
-
-_MAX_LISTED = 8
+from resnet.validation import listing
 
 
 @dataclasses.dataclass
@@ -30,10 +29,6 @@ class LoadReport:
         text = f"Loaded {len(self.loaded)} tensors from {self.source}"
         return text + (f"; skipped {', '.join(self.skipped)}" if self.skipped else "") + "."
 
-
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
 def _classifier_names(model: ResNet, source_name: Callable[[str], str]) -> set[str]:
@@ -65,8 +60,10 @@ def load_tensors(
 
     Raises:
         ValueError: Tensors missing from the source, unused by the model, of the wrong shape,
-            not numeric, or with values that are not finite in the variable's dtype (NaN, inf, or
-            float64 values beyond float32); all are named, and nothing is loaded then.
+            not numeric, with values that are not finite in the variable's dtype (NaN, inf, or
+            float64 values beyond float32), or a norm's moving variance with negative values;
+            all are named, and nothing is loaded then. (Other values are not judged: negative
+            scales, zero variances and any means are legitimate.)
     """
     targets = {v.path: v for v in model.weights}
     plan, missing, mismatched, skipped, unusable = {}, [], [], [], []
@@ -95,19 +92,23 @@ def load_tensors(
             cause = "" if not np.isfinite(raw).all() else f" once cast from {raw.dtype} to {variable.dtype}"
             unusable.append((name, f"{name} has {count} non-finite value(s){cause}"))
             continue
+        if path.rsplit("/", 1)[-1] == "moving_variance" and (value < 0).any():
+            unusable.append((name, f"{name} has {int((value < 0).sum())} negative value(s), impossible for a "
+                                   f"variance (the norm would output NaN)"))
+            continue
         plan[path] = (name, value)
     used = {name for name, _ in plan.values()} | set(skipped) | {name for name, _ in mismatched + unusable}
     unexpected = sorted(n for n in tensors if n not in used and not ignored(n)
                         and not (skip_classifier and n in _classifier_names(model, source_name)))
     problems = []
     if unusable:
-        problems.append(f"unusable values: {_listing([text for _, text in unusable])}")
+        problems.append(f"unusable values: {listing([text for _, text in unusable])}")
     if mismatched:
-        problems.append(f"shape mismatch: {_listing([text for _, text in mismatched])}")
+        problems.append(f"shape mismatch: {listing([text for _, text in mismatched])}")
     if missing:
-        problems.append(f"missing from the source: {_listing(missing)}")
+        problems.append(f"missing from the source: {listing(missing)}")
     if unexpected:
-        problems.append(f"not used by the model: {_listing(unexpected)}")
+        problems.append(f"not used by the model: {listing(unexpected)}")
     if problems:
         hint = " (a different number of classes? pass skip_classifier=True)" if any(
             "classifier/" in text for _, text in mismatched) else ""

@@ -21,8 +21,6 @@ from resnet.model import ResNet
 
 _TORCH_LEAVES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
                  "moving_mean": "running_mean", "moving_variance": "running_var"}
-# Buffers torch keeps that have no counterpart here (and carry no information for inference).
-_TORCH_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
 def _torch_name(model: ResNet) -> Callable[[str], str]:
@@ -56,6 +54,17 @@ def _torch_name(model: ResNet) -> Callable[[str], str]:
         return f"layer{stage}.{block}.{module}.{leaf}"
 
     return name
+
+
+def _tracked_counters(model: ResNet, torch_name: Callable[[str], str]) -> set[str]:
+    """The `num_batches_tracked` buffers of the batch norms `model` maps (`layer1.0.bn1.num_batches_tracked`).
+
+    torch keeps one beside each batch norm's running statistics; it has no counterpart here and
+    carries no information for inference. Any other such name belongs to no module of the model.
+    """
+    names = (torch_name(variable.path) for variable in model.weights)
+    return {name.rsplit(".", 1)[0] + ".num_batches_tracked"
+            for name in names if name.endswith((".running_mean", ".running_var"))}
 
 
 def _from_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
@@ -113,7 +122,8 @@ def load_torch_state_dict(
 
     Supported: `resnet18/34/50/101/152/200`, `resnext50_32x4d`, `wide_resnet50_2`, `resnet50d`,
     `seresnet50`, `resnet50_gn` (any model built with their layout). Conv weights are
-    transposed from OIHW, the classifier's from (out, in); `num_batches_tracked` is ignored.
+    transposed from OIHW, the classifier's from (out, in); the `num_batches_tracked` buffer of
+    each batch norm the model maps is ignored (any other tensor the model does not use is refused).
 
     Args:
         model: The model to load into.
@@ -127,8 +137,8 @@ def load_torch_state_dict(
         A `LoadReport`.
 
     Raises:
-        ValueError: A missing or unreadable file, or tensors missing, unused or of the wrong
-            shape (named); nothing is loaded then.
+        ValueError: A missing or unreadable file, or tensors missing, unused, of the wrong
+            shape or with impossible values (named); nothing is loaded then.
     """
     if isinstance(state_dict, (str, os.PathLike)):
         source = str(state_dict)
@@ -138,5 +148,7 @@ def load_torch_state_dict(
         state_dict = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state_dict.items()}
     else:
         raise ValueError(f"`state_dict` must be a mapping or a file path; received {type(state_dict).__name__}.")
-    return load_tensors(model, state_dict, _torch_name(model), _from_torch_layout, skip_classifier, source,
-                        ignored=lambda name: bool(_TORCH_IGNORED.search(name)))
+    torch_name = _torch_name(model)
+    tracked = _tracked_counters(model, torch_name)
+    return load_tensors(model, state_dict, torch_name, _from_torch_layout, skip_classifier, source,
+                        ignored=tracked.__contains__)

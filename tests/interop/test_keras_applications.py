@@ -81,6 +81,21 @@ def test_keras_skip_classifier_for_other_classes():
     )
 
 
+def test_keras_negative_moving_variance_loads_nothing():
+    source, _ = keras_application("keras_resnet50")
+    norm = source.get_layer("conv3_block2_2_bn")
+    variance = norm.moving_variance.numpy()
+    variance[5] = -0.25
+    norm.moving_variance.assign(variance)
+    ours = resnet.build("keras_resnet50")
+    before = [v.numpy().copy() for v in ours.weights]
+    with pytest.raises(ValueError, match=r"nothing was loaded.*unusable values: conv3_block2_2_bn/moving_variance has 1 "
+                                         r"negative value\(s\), impossible for a variance"):
+        interop.load_keras_applications_weights(ours, source)
+    for variable, old in zip(ours.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
+
+
 def test_keras_loader_refuses_other_layouts_and_files(tmp_path):
     with pytest.raises(ValueError, match=r"does not have a keras.applications ResNet layout.*stride_on='3x3'"):
         interop.load_keras_applications_weights(resnet.build("resnet50"), tmp_path / "x.h5")

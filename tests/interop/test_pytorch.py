@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import resnet
-from conftest import images, relative_error, torchvision_resnet18_state
+from conftest import images, randomize_norms, relative_error, torchvision_resnet18_state
 from resnet import interop
+from resnet.interop import pytorch
 
 TOLERANCE = 1e-3  # max |ours - theirs| / max |theirs|, for logits and every feature map
 
@@ -71,6 +72,84 @@ def test_torch_values_that_are_not_finite_numbers_load_nothing(name, value, prob
     assert f"unusable values: {problem}" in str(info.value)
     for variable, old in zip(ours.weights, before):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
+
+
+def test_torch_negative_running_var_loads_nothing():
+    """A negative variance would make the norm output NaN: refused, named, and nothing assigned."""
+    ours = resnet.build("resnet18")
+    before = [v.numpy().copy() for v in ours.weights]
+    state = torchvision_resnet18_state()
+    state["layer2.0.bn1.running_var"][[3, 7]] = -0.5
+    state["layer3.0.downsample.1.running_var"][0] = -1e-8
+    with pytest.raises(ValueError, match="nothing was loaded") as info:
+        interop.load_torch_state_dict(ours, state)
+    message = str(info.value)
+    assert "unusable values: layer2.0.bn1.running_var has 2 negative value(s), impossible for a variance" in message
+    assert "layer3.0.downsample.1.running_var has 1 negative value(s)" in message
+    for variable, old in zip(ours.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
+
+
+def test_torch_legitimate_norm_values_load():
+    """Zero variances (dead channels), negative scales and means of any sign are real weights."""
+    state = torchvision_resnet18_state()
+    state["layer1.0.bn1.running_var"][:4] = 0.0
+    state["layer1.0.bn1.running_var"][4] = -0.0
+    state["layer1.0.bn1.weight"][:4] = -1.0
+    state["layer1.0.bn1.running_mean"][:4] = -3.0
+    ours = resnet.build("resnet18")
+    interop.load_torch_state_dict(ours, state)
+    assert np.isfinite(np.asarray(ours(images(batch=1, size=64)))).all()
+
+
+def test_torch_only_the_counters_of_mapped_batch_norms_are_ignored():
+    """`num_batches_tracked` belongs to a batch norm; under any other name it is a tensor the model does not use."""
+    state = torchvision_resnet18_state()
+    assert "layer2.0.downsample.1.num_batches_tracked" in state and "bn1.num_batches_tracked" in state
+    for name in ("garbage.num_batches_tracked", "num_batches_tracked", "layer1.0.num_batches_tracked",
+                 "layer1.0.conv1.num_batches_tracked", "layer5.0.bn1.num_batches_tracked", "fc.num_batches_tracked"):
+        state[name] = np.array(7, dtype="int64")
+    ours = resnet.build("resnet18")
+    with pytest.raises(ValueError, match="nothing was loaded") as info:
+        interop.load_torch_state_dict(ours, state)
+    assert ("not used by the model: fc.num_batches_tracked, garbage.num_batches_tracked, "
+            "layer1.0.conv1.num_batches_tracked, layer1.0.num_batches_tracked, layer5.0.bn1.num_batches_tracked, "
+            "num_batches_tracked.") in str(info.value)
+
+
+def _as_torch_state(model):
+    """`model`'s weights under torch names and layouts, with a counter beside every batch norm."""
+    torch_name = pytorch._torch_name(model)
+    state = {}
+    for variable in model.weights:
+        value, name = variable.numpy(), torch_name(variable.path)
+        if variable.path.endswith("/kernel"):
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        state[name] = value
+        if name.endswith(".running_var"):
+            state[name.removesuffix("running_var") + "num_batches_tracked"] = np.array(3, dtype="int64")
+    return state
+
+
+@pytest.mark.parametrize("name, counters", [
+    ("resnet50d", ["conv1.1.num_batches_tracked", "conv1.4.num_batches_tracked", "bn1.num_batches_tracked",
+                   "layer2.0.downsample.2.num_batches_tracked", "layer1.0.bn3.num_batches_tracked"]),
+    ("resnet50", ["bn1.num_batches_tracked", "layer2.0.downsample.1.num_batches_tracked"]),
+])
+def test_torch_counters_of_timm_and_torchvision_layouts_load(name, counters):
+    """The deep stem's norms (timm: conv1.1, conv1.4, bn1) and ResNet-D's shortcut norm (downsample.2) have counters too."""
+    source = resnet.build(name, ["ResNet.stage_blocks = (1, 1, 1, 1)"])
+    randomize_norms(source)
+    state = _as_torch_state(source)
+    assert set(counters) <= set(state)
+    ours = resnet.build(name, ["ResNet.stage_blocks = (1, 1, 1, 1)"])
+    report = interop.load_torch_state_dict(ours, state)
+    assert not any(n.endswith("num_batches_tracked") for n in report.loaded)
+    x = images(batch=1, size=64)
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(source(x)))
+    state["layer1.0.downsample.3.num_batches_tracked"] = np.array(3, dtype="int64")  # no such norm in either
+    with pytest.raises(ValueError, match=r"not used by the model: layer1.0.downsample.3.num_batches_tracked\."):
+        interop.load_torch_state_dict(ours, state)
 
 
 def test_torch_skip_classifier_reports_what_it_skipped():
