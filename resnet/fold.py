@@ -12,9 +12,10 @@ import numpy as np
 
 from resnet.layers.conv import Conv2D
 from resnet.layers.normalization import BatchNorm
+from resnet.model import ResNet
 
 
-def fold_batch_norm(model: keras.Model) -> keras.Model:
+def fold_batch_norm(model: ResNet) -> ResNet:
     """A copy of `model` for inference in which every batch norm that directly follows a
     convolution is folded into it.
 
@@ -28,10 +29,13 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     config still describes `model` (save `model`, not the copy).
 
     Args:
-        model: A model built from this package's layers (any `ResNet`).
+        model: A `ResNet` (built with `resnet.build` or `resnet.ResNet`).
 
     Returns:
         The folded copy.
+
+    Raises:
+        ValueError: `model` is not a `ResNet`: the copy is rebuilt from a ResNet's config.
 
     Example:
 
@@ -42,6 +46,12 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     >>> bool(np.allclose(folded(images), model(images, training=False), atol=1e-5))
     True
     """
+    if not isinstance(model, ResNet):
+        named = f" {model.name!r}" if isinstance(model, keras.layers.Layer) else ""
+        raise ValueError(
+            "`model` must be a ResNet built by this package (resnet.build(...) or resnet.ResNet(...)), whose "
+            f"config the folded copy is rebuilt from; received {type(model).__name__}{named}."
+        )
     # The copy's convolutions all get a bias (`use_bias=True` wherever the config says "auto" or
     # False): a built Keras layer takes no new variables, so the folded biases must exist from
     # the start. Convolutions that fold nothing keep a zero bias.

@@ -57,6 +57,18 @@ def test_frozen_norms_fold_and_mixed_precision_stays_close():
     assert relative_error(np.float32(folded(x)), np.float32(half(x, training=False))) < 0.05
 
 
+def test_models_that_are_not_a_resnet_are_refused():
+    sequential = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs)), name="plain")
+    stage = resnet.ResidualStage("basic", num_blocks=1, filters=4, name="stage")
+    for model, received in ((sequential, "Sequential 'sequential'"), (plain, "Functional 'plain'"),
+                            (stage, "ResidualStage 'stage'"), ("resnet18", "str")):
+        with pytest.raises(ValueError, match=r"`model` must be a ResNet built by this package \(resnet.build\(...\) or "
+                                             rf"resnet.ResNet\(...\)\).*; received {received}\.$"):
+            resnet.fold_batch_norm(model)
+
+
 @pytest.mark.slow
 def test_fold_benchmark_reports_both_models_per_precision_and_batch(tmp_path):
     import json
