@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from resnet.layers.activations import serialize_activation
 from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, check_conv_settings
@@ -20,10 +23,12 @@ from resnet.registry import (
     resolve_spec,
 )
 from resnet.stage import DOWNSAMPLE_BLOCKS, ResidualStage
-from resnet.validation import check_choice, check_int, check_int_sequence, check_rate
+from resnet.validation import check_choice, check_int, check_int_sequence, check_rate, listing
 
 OUTPUT_STRIDES = (None, 8, 16, 32)
 POOLINGS = ("avg", "max", None)
+# The record of every weight's path and shape that a ResNet adds to the weights it saves.
+LAYOUT_KEY = "weights_layout"
 
 
 def _check_stage_layout(
@@ -76,12 +81,17 @@ def _resolve_block_and_stem(
     """The block and stem specs, with the network-wide settings imposed on them.
 
     A pre-activation stem is a bare conv: its norm and activation come first in the blocks.
+    A spec that gives one of these settings another value (an edited config) is refused.
     """
     block_spec = resolve_spec(
         "block", block, "ResNet.block", overrides=dict(shared_settings, norm=norm_spec, preact=preact), owner="ResNet"
     )
+    bare = "`ResNet.preact` is True: the stem is a bare conv"
     stem_overrides = dict(shared_settings, **(dict(norm=None, activation=None) if preact else dict(norm=norm_spec)))
-    stem_spec = resolve_spec("stem", stem, "ResNet.stem", overrides=stem_overrides, owner="ResNet")
+    stem_spec = resolve_spec(
+        "stem", stem, "ResNet.stem", overrides=stem_overrides, owner="ResNet",
+        hints=dict(norm=bare, activation=bare) if preact else None,
+    )
     return block_spec, stem_spec
 
 
@@ -213,6 +223,39 @@ def _apply_head(
         # float32 whatever the policy: the logits and softmax of a mixed-precision network.
         x = keras.layers.Dense(num_classes, activation=classifier_activation, name="classifier", dtype="float32")(x)
     return x
+
+
+def _weights_layout(model: keras.Model) -> dict[str, list[int]]:
+    """Path -> shape of every weight of a ResNet, the paths relative to the model.
+
+    Paths start with the name scope the model was built in, if any (`backbone/stem/conv1/kernel`),
+    and a reloaded model is built in none. The stem and the first stage both have weights, so the
+    paths' common part ends exactly there.
+    """
+    paths = [variable.path for variable in model.weights]
+    prefix = os.path.commonprefix(paths)
+    prefix = prefix[: prefix.rfind("/") + 1]
+    return {variable.path[len(prefix):]: [int(d) for d in variable.shape] for variable in model.weights}
+
+
+def _check_layout(name: str, saved: dict[str, list[int]], rebuilt: dict[str, list[int]]) -> None:
+    """Raises unless the weights recorded in a file are those of the rebuilt model, by path and shape."""
+    extra = sorted(set(saved) - set(rebuilt))
+    missing = sorted(set(rebuilt) - set(saved))
+    reshaped = sorted(path for path in set(saved) & set(rebuilt) if saved[path] != rebuilt[path])
+    problems = []
+    if extra:
+        problems.append(f"the file holds {listing(extra)}, which {name!r} has no place for")
+    if missing:
+        problems.append(f"{name!r} has {listing(missing)}, which the file lacks")
+    if reshaped:
+        problems.append("shapes differ: " + listing(
+            [f"{path} {tuple(saved[path])} in the file, {tuple(rebuilt[path])} in the model" for path in reshaped]))
+    if problems:
+        raise ValueError(
+            f"The weights in the file do not fit {name!r} as its config builds it (was the config edited?); "
+            "the file is refused rather than loaded in part: " + "; ".join(problems) + "."
+        )
 
 
 @register()
@@ -400,6 +443,39 @@ class ResNet(ArgsConfigMixin, keras.Model):
         config = super().get_config()
         config["input_shape"] = list(self.image_shape)
         return config
+
+    def save_own_variables(self, store) -> None:
+        """Saves, besides Keras' own state, the path and shape of every weight of the model.
+
+        `load_own_variables`, which Keras calls before it loads any layer, checks them against
+        the model being loaded: weights saved from another network (a `.keras` file whose
+        config was edited, say `se_ratio` removed) are refused instead of loaded in part.
+        """
+        super().save_own_variables(store)
+        layout = json.dumps(_weights_layout(self), sort_keys=True)
+        store[LAYOUT_KEY] = np.frombuffer(layout.encode("utf-8"), dtype=np.uint8)
+
+    def load_own_variables(self, store) -> None:
+        """Checks the weights' record (see `save_own_variables`), if the file has one, then loads."""
+        keys = list(store.keys())
+        if LAYOUT_KEY in keys:
+            saved = json.loads(np.asarray(store[LAYOUT_KEY], np.uint8).tobytes().decode("utf-8"))
+            _check_layout(self.name, saved, _weights_layout(self))
+        super().load_own_variables({key: store[key] for key in keys if key != LAYOUT_KEY})
+
+    def load_weights(self, filepath, skip_mismatch: bool = False, **kwargs) -> None:
+        """`keras.Model.load_weights`, all or nothing.
+
+        Keras loads every part of a file that fits before it raises about the others; here a
+        file that is refused leaves every weight as it was.
+        """
+        before = [variable.numpy() for variable in self.weights]
+        try:
+            super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        except Exception:
+            for variable, value in zip(self.weights, before):
+                variable.assign(value)
+            raise
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects=None) -> "ResNet":

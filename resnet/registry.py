@@ -15,7 +15,9 @@ Layers that build other swappable layers take them as *specs*: a name, a class, 
 in which every constructor argument has a value: the class default, overridden by gin's binding,
 overridden by the explicit config. Nested specs (a block's `norm` and `shortcut`) are resolved
 recursively. Stored in `get_config`, a complete spec rebuilds the same layer whatever gin
-bindings are active when the model is loaded.
+bindings are active when the model is loaded. An owner's settings (`overrides`: the norm a
+ResNet imposes on every block) win over gin; an explicit spec value must equal them, so a spec
+that says otherwise (an edited `.keras` config, say) is refused rather than silently overridden.
 
 `build_from_spec` constructs a layer through its gin configurable. Arguments whose spec value is
 the one gin would supply anyway (its binding, or the default) are left to gin, which records them
@@ -51,11 +53,13 @@ def register(kind: str | None = None, *aliases: str):
         kind: One of `KINDS`, or None for classes that are not swapped by name.
         *aliases: Short names accepted besides the class name, e.g. `"bottleneck"`.
 
-    A class may declare three attributes used by `resolve_spec`:
+    A class may declare four attributes used by `resolve_spec`:
         `spec_args`: `{argument: kind}` for arguments that are themselves specs.
         `owner_args`: arguments its owner sets for every instance (filters, strides, ...);
             they are left out of specs and must not be bound in gin.
         `owner`: how errors name that owner, e.g. "ResidualStage".
+        `stored_forms`: `{argument: function}` giving the form the class stores a value in
+            (`"swish"` -> `"silu"`), so that two spellings of one value compare equal.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"`kind` must be one of {KINDS} or None; received {kind!r}.")
@@ -139,7 +143,22 @@ def serialize_value(value: Any) -> Any:
         return {k: serialize_value(v) for k, v in value.items()}
     if inspect.isclass(value):
         raise TypeError(f"Class {value.__qualname__} must be resolved to a spec before serialization.")
-    return keras.saving.serialize_keras_object(value)
+    return _without_sharing(keras.saving.serialize_keras_object(value))
+
+
+def _without_sharing(config: Any) -> Any:
+    """A copy of a serialized object without Keras' `shared_object_id` marks.
+
+    While a model is saved or loaded, Keras marks the config of an object whose `id` it has seen
+    before, and then marks the earlier config too, in place. Short-lived objects (an initializer
+    made only to be serialized) reuse ids by chance, so a stored value would change after the
+    fact and compare unequal to the same value. These configs are values: they share nothing.
+    """
+    if isinstance(config, Mapping):
+        return {key: _without_sharing(value) for key, value in config.items() if key != "shared_object_id"}
+    if isinstance(config, list):
+        return [_without_sharing(value) for value in config]
+    return config
 
 
 def gin_bindings(cls: type) -> dict[str, Any]:
@@ -166,6 +185,7 @@ def resolve_spec(
     argument: str,
     overrides: Mapping[str, Any] | None = None,
     owner: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Resolves a layer spec to `{"class_name": name, "config": complete_config}`.
 
@@ -176,11 +196,18 @@ def resolve_spec(
         argument: The argument name reported in errors, e.g. `"BottleneckBlock.norm"`.
         overrides: Values the owner imposes (e.g. the network-wide norm a ResNet passes to
             its blocks); gin may not bind them on the class, and they are never recorded in
-            the operative config as the class's (see `build_from_spec`).
+            the operative config as the class's (see `build_from_spec`). The spec may repeat
+            them (a stored complete spec does), but only with the same value.
         owner: The owner named in errors about `overrides`.
+        hints: Per overridden argument, how errors say where the owner's value comes from;
+            by default "bind `Owner.argument`".
 
     Returns:
         The complete spec, or None for "no normalization".
+
+    Raises:
+        ValueError: An unknown class or argument, a binding of what the owner sets, or an
+            explicit value of an overridden argument that differs from the override.
     """
     if kind == "norm" and (value is None or value == "none"):
         return None
@@ -201,6 +228,7 @@ def resolve_spec(
             f"`{argument}` gives {cls.__name__} unknown argument(s) {unknown}; "
             f"allowed: {spec_params}."
         )
+    _check_overrides(cls, kind, explicit, overrides or {}, argument, owner or "the owner", hints or {})
     bound = gin_bindings(cls)
     check_unbound(cls, owner_args, getattr(cls, "owner", "its owner"))
     overridden = set(overrides or {}) - set(explicit)
@@ -225,6 +253,58 @@ def resolve_spec(
         if param in config:
             config[param] = resolve_spec(sub_kind, config[param], f"{cls.__name__}.{param}")
     return {"class_name": cls.__name__, "config": serialize_value(config)}
+
+
+def _check_overrides(
+    cls: type,
+    kind: str,
+    explicit: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    argument: str,
+    owner: str,
+    hints: Mapping[str, str],
+) -> None:
+    """Raises if `explicit` gives an argument that `overrides` sets a different value.
+
+    Values are compared in the form `get_config` stores them (nested specs resolved, see
+    `stored_forms`), so a complete spec that repeats the owner's values, as every stored spec
+    does, passes.
+    """
+    conflicts = []
+    for param in sorted(set(explicit) & set(overrides)):
+        given, imposed = explicit[param], overrides[param]
+        if _same_value(cls, param, given, imposed):
+            continue
+        hint = hints.get(param, f"bind `{owner}.{param}`")
+        conflicts.append(
+            f"`{argument}` spec sets {cls.__name__}.{param}={_shown(given)}, but {owner} sets "
+            f"{param}={_shown(imposed)} for every {kind} ({hint})"
+        )
+    if conflicts:
+        raise ValueError("; ".join(conflicts) + ".")
+
+
+def _same_value(cls: type, param: str, a: Any, b: Any) -> bool:
+    """Whether two values of argument `param` of `cls` are the same in the form `cls` stores them."""
+    sub_kind = getattr(cls, "spec_args", {}).get(param)
+    form = getattr(cls, "stored_forms", {}).get(param)
+    try:
+        if sub_kind is not None:
+            argument = f"{cls.__name__}.{param}"
+            a, b = resolve_spec(sub_kind, a, argument), resolve_spec(sub_kind, b, argument)
+        elif form is not None:
+            a, b = form(a), form(b)
+        return _canonical(serialize_value(a)) == _canonical(serialize_value(b))
+    except (TypeError, ValueError):  # not a valid or comparable value: not the owner's
+        return False
+
+
+def _shown(value: Any) -> str:
+    """A value as errors show it: serialized where it can be."""
+    try:
+        return repr(serialize_value(value))
+    except TypeError:
+        return repr(value)
 
 
 def spec_class(kind: str, spec: Mapping[str, Any]) -> type:

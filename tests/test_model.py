@@ -242,3 +242,31 @@ def test_weight_names_are_deterministic(resnet50):
         "classifier/kernel",
     ):
         assert expected in paths
+
+
+def test_block_and_stem_specs_may_not_contradict_the_network_wide_settings():
+    """ResNet sets norm, activation, padding, ... on every block and stem; a spec that says otherwise
+    would be overridden without a word, so it is refused, naming both values."""
+    with pytest.raises(ValueError, match=r"`ResNet.block` spec sets BasicBlock.norm='group', but ResNet sets "
+                                         r"norm=\{'class_name': 'BatchNorm', .*\} for every block \(bind `ResNet.norm`\)\."):
+        resnet.ResNet({"class_name": "basic", "config": {"norm": "group"}}, stage_blocks=(1, 1),
+                      stage_filters=(16, 32), stage_strides=(1, 2), stem="cifar")
+    with pytest.raises(ValueError, match=r"`ResNet.stem` spec sets CifarStem.use_bias=True, but ResNet sets "
+                                         r"use_bias='auto' for every stem \(bind `ResNet.use_bias`\)\."):
+        resnet.ResNet("basic", stage_blocks=(1, 1), stage_filters=(16, 32), stage_strides=(1, 2), use_bias="auto",
+                      stem={"class_name": "cifar", "config": {"use_bias": True}})
+
+
+def test_specs_may_repeat_the_network_wide_settings_in_any_spelling():
+    model = resnet.ResNet(
+        {"class_name": "basic", "config": {"activation": "swish", "norm": "layer", "preact": False,
+                                           "kernel_initializer": "he_normal", "use_bias": "auto", "padding": "same"}},
+        stage_blocks=(1, 1), stage_filters=(16, 32), stage_strides=(1, 2),
+        stem={"class_name": "cifar", "config": {"activation": keras.activations.silu, "norm": {"class_name": "layer"}}},
+        activation=keras.activations.silu, norm="layer", kernel_initializer=keras.initializers.HeNormal(),
+        use_bias="auto", padding="same", num_classes=10,
+    )
+    block = model.get_layer("stage1").blocks[0]
+    assert block.activation == "silu" and type(block.norms[0]) is resnet.LayerNorm and block.padding == "same"
+    assert model.stem["config"]["kernel_initializer"]["class_name"] == "HeNormal"
+    assert tuple(model(images(batch=1)).shape) == (1, 10)

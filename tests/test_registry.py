@@ -1,5 +1,7 @@
 """Specs: complete resolution, gin precedence, lookups, and user-registered classes."""
 
+import re
+
 import gin
 import keras
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 import resnet
 from conftest import images
-from resnet.registry import build_from_spec, constructor_parameters, resolve_spec
+from resnet.registry import build_from_spec, constructor_parameters, resolve_spec, serialize_value
 
 
 def test_spec_lists_every_argument_except_those_the_owner_sets():
@@ -28,6 +30,36 @@ def test_precedence_default_then_gin_then_explicit_then_overrides():
     assert spec["config"]["base_width"] == 16  # explicit beats gin
     assert spec["config"]["activation"] == "swish"  # owner override
     assert spec["config"]["stride_on"] == "3x3"  # default
+
+
+def test_explicit_values_that_differ_from_the_owners_are_refused_and_equal_ones_kept():
+    spec = {"class_name": "bottleneck", "config": {"activation": "gelu", "padding": "same", "groups": 2, "norm": "batch"}}
+    overrides = {"activation": "relu", "padding": "symmetric", "norm": resolve_spec("norm", "batch", "norm")}
+    with pytest.raises(ValueError, match=re.escape(
+            "`ResNet.block` spec sets BottleneckBlock.activation='gelu', but ResNet sets activation='relu' for every "
+            "block (bind `ResNet.activation`); `ResNet.block` spec sets BottleneckBlock.padding='same', but ResNet "
+            "sets padding='symmetric' for every block (bind `ResNet.padding`).")):
+        resolve_spec("block", spec, "ResNet.block", overrides=overrides, owner="ResNet")
+    spec["config"].update(activation="relu", padding="symmetric")  # the norm: a name for the owner's resolved spec
+    resolved = resolve_spec("block", spec, "ResNet.block", overrides=overrides, owner="ResNet")
+    assert resolved["config"]["groups"] == 2 and resolved["config"]["norm"] == overrides["norm"]
+    with pytest.raises(ValueError, match=r"spec sets BottleneckBlock.preact=True, but ResNet sets preact=False for "
+                                         r"every block \(`ResNet.preact` decides\)\.$"):
+        resolve_spec("block", {"class_name": "bottleneck", "config": {"preact": True}}, "ResNet.block",
+                     overrides={"preact": False}, owner="ResNet", hints={"preact": "`ResNet.preact` decides"})
+
+
+def test_serialized_values_carry_no_keras_sharing_marks():
+    """Within a save or load Keras marks a config whose object's id it saw before, and the earlier
+    config too, in place; stored values must not change after the fact."""
+    from keras.src.saving.serialization_lib import ObjectSharingScope
+
+    initializer = keras.initializers.HeNormal()
+    with ObjectSharingScope():
+        first = serialize_value(initializer)
+        second = serialize_value(initializer)
+    assert first == second == {"module": "keras.initializers", "class_name": "HeNormal",
+                               "config": {"seed": None, "input_axes": None, "output_axes": None}, "registered_name": None}
 
 
 def test_nested_specs_are_resolved_with_gin():

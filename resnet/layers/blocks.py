@@ -15,7 +15,7 @@ import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
 from resnet.layers.attention import SqueezeExcite
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
+from resnet.layers.conv import CONV_SETTING_FORMS, DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
 from resnet.layers.normalization import make_norm
 from resnet.layers.regularization import DropPath
 from resnet.layers.sublayers import build_chain, chain_output_shape
@@ -62,6 +62,7 @@ class ResidualBlock(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
     owner = "ResidualStage"
     owner_args = ("filters", "strides", "dilation", "first_dilation", "drop_path_rate")
     spec_args = {"norm": "norm", "shortcut": "shortcut"}
+    stored_forms = {**CONV_SETTING_FORMS, "activation": serialize_activation, "preact": bool}
 
     def __init__(
         self,

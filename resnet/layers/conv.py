@@ -155,18 +155,23 @@ def make_conv(
     )
 
 
+# How each conv setting is validated and stored (the value `get_config` returns for it).
+CONV_SETTING_FORMS = {
+    "padding": lambda value: check_choice("padding", value, PADDINGS),
+    "use_bias": lambda value: check_choice("use_bias", value, BIAS_MODES),
+    "kernel_initializer": lambda value: serialize_value(keras.initializers.get(value)),
+    "kernel_regularizer": lambda value: serialize_value(keras.regularizers.get(value)),
+}
+
+
 def check_conv_settings(
     padding: Any, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any
 ) -> dict[str, Any]:
     """Validates the network-wide conv settings; returns them serializable, keyed by argument name."""
-    check_choice("padding", padding, PADDINGS)
-    check_choice("use_bias", use_bias, BIAS_MODES)
-    return {
-        "padding": padding,
-        "use_bias": use_bias,
-        "kernel_initializer": serialize_value(keras.initializers.get(kernel_initializer)),
-        "kernel_regularizer": serialize_value(keras.regularizers.get(kernel_regularizer)),
-    }
+    values = dict(
+        padding=padding, use_bias=use_bias, kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer
+    )
+    return {setting: CONV_SETTING_FORMS[setting](value) for setting, value in values.items()}
 
 
 class ConvSettingsMixin:
@@ -178,6 +183,9 @@ class ConvSettingsMixin:
     keeps each in the same-named attribute (which `get_config` reads), hands them on to the
     layers it owns (`conv_settings`) and builds convolutions with them (`_make_conv`).
     """
+
+    #: How the settings are stored, for `resnet.registry.resolve_spec` to compare values.
+    stored_forms = CONV_SETTING_FORMS
 
     def _set_conv_settings(self, padding: Any, use_bias: Any, kernel_initializer: Any, kernel_regularizer: Any) -> None:
         for setting, value in check_conv_settings(padding, use_bias, kernel_initializer, kernel_regularizer).items():

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from resnet.layers.activations import get_activation, serialize_activation
-from resnet.layers.conv import DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
+from resnet.layers.conv import CONV_SETTING_FORMS, DEFAULT_KERNEL_INITIALIZER, ConvSettingsMixin
 from resnet.layers.normalization import make_norm
 from resnet.layers.sublayers import build_chain, chain_output_shape
 from resnet.registry import ArgsConfigMixin, register, resolve_spec
@@ -44,6 +44,8 @@ class ClassicStem(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
     4
     """
 
+    spec_args = {"norm": "norm"}
+    stored_forms = {**CONV_SETTING_FORMS, "activation": serialize_activation}
     default_widths: tuple[int, ...] = (64,)
     default_kernel_size = 7
     default_strides = 2
