@@ -96,6 +96,7 @@ def train_net(name: str, depth: int, files: list[str], bindings: list[str]) -> d
     with config.fresh_gin_config():
         config.parse(files, bindings + net_bindings(name, depth))
         trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
+        trainer.setup_process()
         trainer.build()
         parameters = sum(int(math.prod(w.shape)) for w in trainer.model.trainable_weights)
         print(f"\n{name}: {parameters:,} trainable parameters, {trainer.epochs} epochs of {trainer.steps} steps "

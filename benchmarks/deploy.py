@@ -5,7 +5,7 @@
 
 Each network of `--configs` (untrained, its norms given non-trivial statistics, then folded into
 the convolutions by `resnet.fold_batch_norm`, as `resnet-export` serves it) is served by the
-same function, `resnet.training.deploy.serving_function`: uint8 images in, at the serving size of
+same function, `resnet.export.deploy.serving_function`: uint8 images in, at the serving size of
 the evaluation preprocessing (32x32 with the "cifar" recipe for cifar/* configs; 256x256 with the
 "imagenet" recipe, resize and 224 centre crop, for the others), probabilities and classes out.
 It is written as a float32 SavedModel (run by TensorFlow), converted to TFLite float32 and int8
@@ -42,8 +42,8 @@ import resnet
 from report import machine, write_results
 from resnet import cli
 from resnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, resize_to_fill
-from resnet.training import deploy
-from resnet.training.serving import CALIBRATION_IMAGES, calibration_batches
+from resnet.export import deploy
+from resnet.export.serving import CALIBRATION_IMAGES, calibration_batches
 
 flags.DEFINE_list("configs", ["cifar/resnet56", "resnet50"], "Shipped config names or .gin files to measure.")
 flags.DEFINE_integer("image_size", None, "Side of the network's input (the crop); default 32 for cifar/* configs, "
@@ -185,7 +185,7 @@ def measure(config: str) -> dict:
 
 def demo_accuracy(run_dir: str) -> dict:
     """Accuracy of each format of `run_dir`'s best checkpoint on the whole eval split of its data."""
-    trainer, model, _, path = cli.restored_model(run_dir, [], "best")
+    trainer, model, evaluator, path = cli.restored_model(run_dir, [], "best")
     model = resnet.fold_batch_norm(model)  # what resnet-export serves
     data, size, count = trainer.data, trainer.preprocessing.serving_size, FLAGS.demo_calibration_images
     progress(f"Demo run {run_dir}: checkpoint {path}, {data.name!r} data at {size[0]}x{size[1]}; "
@@ -193,7 +193,7 @@ def demo_accuracy(run_dir: str) -> dict:
 
     calibration = calibration_batches(data, size, count)
 
-    serve = deploy.serving_function(model, trainer.preprocessing, from_logits=trainer.from_logits)
+    serve = deploy.serving_function(model, trainer.preprocessing, from_logits=evaluator.from_logits)
     examples = data.examples("eval").map(lambda image, label: (resize_to_fill(image, *size), label),
                                          num_parallel_calls=tf.data.AUTOTUNE)
     with tempfile.TemporaryDirectory() as directory:

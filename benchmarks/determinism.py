@@ -54,6 +54,7 @@ def probe(deterministic: bool) -> float:
         steps_per_epoch=1,
         deterministic=deterministic,
     )
+    trainer.setup_process()
     trainer.build()
     step = trainer.make_train_step()
     batch = next(iter(trainer.pipeline.train(0, steps=1)))

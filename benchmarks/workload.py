@@ -72,6 +72,7 @@ def build_step(
         precision=precision,
         jit_compile=jit_compile,
     )
+    trainer.setup_process()
     trainer.build()
     train_step = trainer.make_train_step()
     return (lambda: float(train_step((images, labels))[0])), trainer.model

@@ -12,10 +12,14 @@ import tensorflow as tf
 from absl import flags, logging
 
 from resnet import config as gin_config
+from resnet.storage.files import is_storage_full
 from resnet.training import distribution
-from resnet.training.evaluator import restore_model, restore_newest_intact
-from resnet.training.rundir import RunDirectory, first_line, is_storage_full
-from resnet.training.trainer import StorageFull, Trainer, TrainingDiverged, TrainingInterrupted, TrainingStopped
+from resnet.training.checkpoints import restore_model, restore_newest_intact
+from resnet.training.errors import StorageFull, TrainingDiverged, TrainingInterrupted, TrainingStopped
+from resnet.training.run_directory import RunDirectory
+from resnet.training.run_lock import RunDirectoryLocked
+from resnet.training.trainer import Trainer
+from resnet.validation import first_line
 
 
 def define_gin_param_flag() -> None:
@@ -34,8 +38,9 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
 
     * 2: a user's mistake (bad config or data, a diverged loss); rerunning will not help.
     * `distribution.CLUSTER_ERROR_EXIT_CODE` (75): try again: a multi-worker cluster did not
-      form or lost a worker (restart every worker with the same command), or the storage ran
-      out of space (free some; nothing written before is lost).
+      form or lost a worker (restart every worker with the same command), the storage ran out
+      of space (free some; nothing written before is lost), or another run holds the run
+      directory (wait for it).
     * `distribution.PREEMPTED_EXIT_CODE` (42): stopped by SIGTERM after saving a backup; rerun
       the same command (every worker) to resume.
     * `INTERRUPTED_EXIT_CODE` (130): Ctrl-C; training says what its newest backup holds.
@@ -50,6 +55,9 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
             tf.get_logger().setLevel("WARNING")
         try:
             main(argv)
+        except RunDirectoryLocked as error:
+            print(f"{program}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(distribution.CLUSTER_ERROR_EXIT_CODE)
         except (ValueError, TrainingDiverged) as error:
             print(f"{program}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -130,7 +138,8 @@ def restored_model(model_dir: str, gin_params: list[str], checkpoint: str):
 
     Returns:
         `(trainer, model, evaluator, path)`: the run's (unbuilt) trainer for its settings, the
-        model, an `Evaluator` of it, and the checkpoint path restored.
+        model, an `Evaluator` of it (`evaluator.from_logits` says what the model returns), and
+        the checkpoint path restored.
     """
     trainer = trainer_from_run(model_dir, gin_params)
     candidates = trainer.run_dir.checkpoint_candidates(checkpoint)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
 import os
 import tokenize
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -156,19 +157,29 @@ def _named_text(lines: list[str], path: str) -> io.StringIO:
     return text
 
 
-class _Placeholders(gin.config_parser.ParserDelegate):
-    """Reads references and macros as None, noting the macros' names: reading the statements of a
-    config needs no configurable."""
+class _Reference:
+    """A gin reference or macro in a parsed config, kept as the text that names it."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Literal(gin.config_parser.ParserDelegate):
+    """Reads references and macros as the text that names them, noting the macros' names:
+    reading the statements of a config needs no configurable."""
 
     def __init__(self):
         self.macros: list[str] = []
 
-    def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> None:
-        return None
+    def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> _Reference:
+        return _Reference(f"@{scoped_configurable_name}{'()' if evaluate else ''}")
 
-    def macro(self, macro_name: str) -> None:
+    def macro(self, macro_name: str) -> _Reference:
         self.macros.append(macro_name)
-        return None
+        return _Reference(f"%{macro_name}")
 
 
 def _statements(
@@ -176,7 +187,7 @@ def _statements(
 ) -> list[Any]:
     """The statements of a gin config; appends to `macros` each macro a statement uses, and
     `where(location)` of the statement."""
-    delegate = _Placeholders()
+    delegate = _Literal()
     statements = []
     for statement in gin.config_parser.ConfigParser(text, delegate):
         statements.append(statement)
@@ -223,6 +234,63 @@ def _check_macros_defined(uses: Iterable[_MacroUse]) -> None:
             f"gin macros {used} are used but never defined; define them in a gin file or binding, "
             f"e.g. `{first} = <value>`."
         )
+
+
+def parse_bindings(text: str) -> dict[str, str]:
+    """The bindings of a gin config, `{"scope/module.Configurable.parameter": "value"}`, read
+    without running anything (no configurable need be registered).
+
+    Parsed by gin's own parser: comments, section headers, values over several lines, scopes,
+    module-qualified names, macros (`NAME = 3`, `%NAME`) and references (`@Name`, `@Name()`)
+    are understood. Values are given as the repr of what gin parsed, so layout does not count.
+
+    Raises:
+        SyntaxError, tokenize.TokenError: The text is not a gin config.
+
+    Example:
+
+    >>> parse_bindings("ResNet.norm = @BatchNorm  # the default\\nResNet.stage_blocks = (3,\\n  4, 6, 3)")
+    {'ResNet.norm': '@BatchNorm', 'ResNet.stage_blocks': '(3, 4, 6, 3)'}
+    """
+    bindings = {}
+    for statement in gin.config_parser.ConfigParser(text, _Literal()):
+        if isinstance(statement, gin.config_parser.BindingStatement):
+            scope = f"{statement.scope}/" if statement.scope else ""
+            name = f"{statement.selector}.{statement.arg_name}" if statement.arg_name else statement.selector
+            bindings[scope + name] = repr(statement.value)
+    return bindings
+
+
+def configurable_parameter(key: str) -> str:
+    """`scope/module.Class.param` -> `Class.param`."""
+    return ".".join(key.rsplit("/", 1)[-1].split(".")[-2:])
+
+
+def differing_bindings(old: str, new: str, may_differ: Collection[str] = ()) -> list[tuple[str, str, str]]:
+    """The bindings in which two gin configs differ, as `(name, old value, new value)` sorted by
+    name ("(not bound)" for a binding only one of them has). Comments, layout, order and module
+    qualifiers that do not tell two configurables apart (`ResNet.norm` and
+    `resnet.model.ResNet.norm`; gin writes the shortest unique name) do not count, nor do the
+    parameters `may_differ` (`"Trainer.epochs"`, in any scope).
+
+    Raises:
+        SyntaxError, tokenize.TokenError: A text is not a gin config.
+    """
+    old_bindings, new_bindings = _canonical(parse_bindings(old)), _canonical(parse_bindings(new))
+    return [
+        (key, old_bindings.get(key, "(not bound)"), new_bindings.get(key, "(not bound)"))
+        for key in sorted(old_bindings.keys() | new_bindings.keys())
+        if old_bindings.get(key) != new_bindings.get(key) and configurable_parameter(key) not in may_differ
+    ]
+
+
+def _canonical(bindings: Mapping[str, str]) -> dict[str, str]:
+    def short(key: str) -> str:
+        scope, _, name = key.rpartition("/")
+        return f"{scope}/{configurable_parameter(name)}" if scope else configurable_parameter(name)
+
+    counts = collections.Counter(map(short, bindings))
+    return {short(key) if counts[short(key)] == 1 else key: value for key, value in bindings.items()}
 
 
 # What gin raises for a bad file or binding: unknown names (ValueError), syntax (SyntaxError, or

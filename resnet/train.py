@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
         "runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
+    trainer.setup_process()
     trainer.build(strategy)
     print(f"Writing to {model_dir}", flush=True)
     trainer.train(command=sys.argv)

@@ -1,4 +1,5 @@
-"""Argument checks shared by the layers: each failure names the argument, the value and what is allowed."""
+"""Argument checks (each failure names the argument, the value and what is allowed) and the pieces
+of error messages that several modules share."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ def listing(items: Sequence[str], limit: int = 8) -> str:
     """`items` joined with commas for an error message, the first `limit` of them and how many more."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (TensorFlow's run over many), at most 500 characters."""
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else type(error).__name__

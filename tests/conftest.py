@@ -4,6 +4,7 @@ writers of small datasets in real formats."""
 import importlib.util
 import os
 import pickle
+import uuid
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,6 +18,7 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -122,3 +124,53 @@ def write_cifar10(directory, per_batch: int = 3) -> dict:
         written[split][0].extend(images)
         written[split][1].extend(labels)
     return written
+
+
+@pytest.fixture(params=["local", "ram"])
+def location(request, tmp_path):
+    """A directory path that does not exist yet: local, or on TensorFlow's in-memory ram:// file system."""
+    return str(tmp_path / "run") if request.param == "local" else f"ram://{uuid.uuid4().hex}/run"
+
+
+def files_below(location: str) -> dict[str, bytes]:
+    """Every file below `location` (any TensorFlow file system) with its bytes, by relative path."""
+    found = {}
+    for directory, _, names in tf.io.gfile.walk(location):
+        for name in names:
+            path = f"{directory.rstrip('/')}/{name}"
+            with tf.io.gfile.GFile(path, "rb") as f:
+                found[path[len(location) + 1:]] = f.read()
+    return found
+
+
+# ------------------------------------------------------------------------------ export tests
+
+
+@pytest.fixture(scope="module")
+def gfile_imported_as_keras_does():
+    """Keras imports `tensorflow.io.gfile` by name when it first touches a file, which runs that
+    module again and resets its functions, undoing a test's monkeypatch of `tf.io.gfile.rename`
+    made before the export's first `model.save`. Importing it first makes such tests hold in any
+    order (alone, or as the first export of the process)."""
+    importlib.import_module("tensorflow.io.gfile")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A CIFAR ResNet-20 to export."""
+    import resnet
+
+    return resnet.build("cifar/resnet20")
+
+
+@pytest.fixture
+def preprocessing():
+    from resnet.data.preprocessing import Preprocessing
+
+    return Preprocessing(image_size=32)
+
+
+@pytest.fixture(params=["local", "ram"])
+def parent(request, tmp_path):
+    """A directory to export into: local, or on TensorFlow's in-memory ram:// file system."""
+    return str(tmp_path) if request.param == "local" else f"ram://{uuid.uuid4().hex}"

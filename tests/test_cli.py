@@ -8,7 +8,7 @@ from absl import flags
 
 from resnet import cli
 from resnet.training import distribution
-from resnet.training.trainer import StorageFull, TrainingDiverged, TrainingInterrupted, TrainingStopped
+from resnet.training.errors import StorageFull, TrainingDiverged, TrainingInterrupted, TrainingStopped
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import gin
 import tensorflow as tf
 
@@ -75,17 +78,18 @@ class InputPipeline:
             raise ValueError(f"`InputPipeline.cache` must be True or False; received {cache!r}.")
         self.source = source
         self.preprocessing = preprocessing
-        self.batch_size = check_int("Trainer.batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size)
         self.eval_batch_size = check_int(
             "InputPipeline.eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size
         )
-        self.seed = check_int("Trainer.seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0)
         self.shuffle_buffer = check_int("InputPipeline.shuffle_buffer", shuffle_buffer)
         self.cache = cache
-        # Training reads cached decoded images, or the undecoded records it decodes after skipping.
-        self._train = source.examples("train").cache() if self.cache else source.records("train")
-        evaluation = source.examples("eval")
-        self._eval = evaluation.cache() if self.cache else evaluation
+        # Each split is prepared when first used: evaluating (resnet-eval, resnet-export) never
+        # touches the training split, which may be large (CIFAR loads it whole, TFRecord stats
+        # every shard).
+        self._train: tf.data.Dataset | None = None
+        self._eval: tf.data.Dataset | None = None
         self._split_count: int | None = None  # the split's size, once known (see `_split_size`)
 
     def steps_per_epoch(self) -> int | None:
@@ -122,6 +126,7 @@ class InputPipeline:
         check_int("epoch", epoch, minimum=0)
         check_int("skip_steps", skip_steps, minimum=0)
         check_int("epochs", epochs)
+        self._training_records()
         if steps is not None:
             check_int("steps", steps)
         batch = self.batch_size
@@ -156,16 +161,21 @@ class InputPipeline:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return augmented.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(options)
 
+    def _training_records(self) -> tf.data.Dataset:
+        """The training split as training reads it: cached decoded images, or the undecoded
+        records it decodes after skipping."""
+        if self._train is None:
+            source = self.source
+            self._train = source.examples("train").cache() if self.cache else source.records("train")
+        return self._train
+
     def _pass(self, index: tf.Tensor, length: int | None) -> tf.data.Dataset:
         """Pass `index` over the training records (decoded images when cached), in the order
         fixed by `(seed, index)`, cut to its first `length` records (None: all)."""
-        # Traced in its own graph (by `flat_map`): without a graph-level seed there, the order
-        # does not depend on TensorFlow's global seed (and a global seed of 0 with a tensor
-        # seed would trip `tf.random.get_seed`).
-        tf.compat.v1.get_default_graph().seed = None
-        records = self._train.shuffle(
-            self.shuffle_buffer, seed=self.seed * 100_003 + index, reshuffle_each_iteration=False
-        )
+        with _without_graph_seed():  # traced by `flat_map`; `train` made `_train` before, outside the trace
+            records = self._train.shuffle(
+                self.shuffle_buffer, seed=self.seed * 100_003 + index, reshuffle_each_iteration=False
+            )
         return records if length is None else records.take(length)
 
     def _augment(self, epoch: int, epoch_length: int | None, position: tf.Tensor, example):
@@ -191,13 +201,35 @@ class InputPipeline:
                 return None if any(True for _ in self.source.records("train").take(1)) else 0
             print(f"Counting the training records of {self.source.name!r}, whose number it cannot tell, to find "
                   "where the epoch starts in the stream of passes over them (once per process)...", flush=True)
-            self._split_count = int(self._train.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
+            records = self._training_records()
+            self._split_count = int(records.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
         return self._split_count
 
     def eval(self) -> tf.data.Dataset:
         """Every example of the evaluation split once, in order, in batches."""
+        if self._eval is None:
+            evaluation = self.source.examples("eval")
+            self._eval = evaluation.cache() if self.cache else evaluation
         batches = self._eval.map(self._eval_map, num_parallel_calls=AUTOTUNE).batch(self.eval_batch_size)
         return batches.prefetch(AUTOTUNE)
 
     def _eval_map(self, image, label):
         return self.preprocessing.eval(image), label
+
+
+@contextlib.contextmanager
+def _without_graph_seed() -> Iterator[None]:
+    """Clears the graph-level seed of the graph being built (the function `flat_map` traces a
+    pass in) for the block, and puts it back after.
+
+    A shuffle's order depends on the graph-level seed as well as on its own; without one it
+    depends on its own seed alone, so the order of a pass does not change with TensorFlow's
+    global seed (`keras.utils.set_random_seed`), and a global seed of 0 with a tensor seed does
+    not trip `tf.random.get_seed`.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    previous, graph.seed = graph.seed, None
+    try:
+        yield
+    finally:
+        graph.seed = previous

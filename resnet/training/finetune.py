@@ -53,10 +53,11 @@ class PretrainedWeights:
         return load_torch_state_dict(model, self.path, self.skip_classifier)
 
 
-def freeze(model: ResNet, stages: int, stem: bool = True) -> None:
+def freeze(model: ResNet, stages: int, stem: bool = True, argument: str = "stages") -> None:
     """Makes the stem (if `stem`) and the first `stages` stages non-trainable.
 
     Their batch norms then also run in inference mode (Keras semantics of `trainable=False`).
+    Errors name `stages` as `argument` (the trainer's is "Trainer.freeze_stages").
 
     Example:
 
@@ -68,7 +69,8 @@ def freeze(model: ResNet, stages: int, stem: bool = True) -> None:
     """
     count = len(model.stage_blocks)
     if isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= count:
-        raise ValueError(f"`stages` must be an integer in [0, {count}]; received {stages!r}.")
+        raise ValueError(f"`{argument}` must be an integer in [0, {count}] (the model has {count} stages); "
+                         f"received {stages!r}.")
     if stem:
         model.get_layer("stem").trainable = False
     for i in range(1, stages + 1):

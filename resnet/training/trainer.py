@@ -1,29 +1,22 @@
-"""The training loop of a ResNet, configured by gin: resumable, distributed, reproducible.
+"""The trainer of a ResNet, configured by gin: resumable, distributed, reproducible.
 
-A run lives in its `model_dir` (see `resnet.training.rundir.RunDirectory` for every file).
-Checkpoints are TensorFlow checkpoints: data files are written first and the "latest" pointer
-is replaced afterwards, so a crash while saving leaves the previous checkpoint as the latest.
-`metrics.csv` and the JSON files are replaced by rename too.
-
-The parts, each with one job: `resnet.training.distribution` sets up devices and the strategy,
-`resnet.training.steps` builds the train and eval steps, `resnet.training.evaluator` evaluates
-and restores, `RunDirectory` owns the files of `model_dir`, and `Trainer` is the loop.
+A run lives in its `model_dir` (`resnet.training.run_directory.RunDirectory` owns every file).
+The parts, each with one job: `resnet.training.distribution` sets up devices, the strategy and
+the life of a worker cluster; `resnet.training.steps` builds the train and eval steps;
+`resnet.training.evaluator` evaluates; `resnet.training.checkpoints` restores; `Trainer` builds
+everything, checks a run before its first write and restores it; `resnet.training.epochs` runs
+the epochs and saves after each.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
 from resnet.data.pipeline import InputPipeline
@@ -31,50 +24,20 @@ from resnet.data.preprocessing import Preprocessing
 from resnet.data.sources import DataSource
 from resnet.model import ResNet
 from resnet.training import distribution
-from resnet.training.evaluator import (
-    Evaluator,
-    data_errors_named,
-    restore_checkpoint,
-    restore_newest_intact,
-    variables_by_path,
-)
+from resnet.training.checkpoints import restore_checkpoint, restore_newest_intact, variables_by_path
+from resnet.training.epochs import EpochLoop, backup_state, writing
+from resnet.training.errors import TrainingInterrupted
+from resnet.training.evaluator import Evaluator
 from resnet.training.finetune import PretrainedWeights, freeze
-from resnet.training.rundir import (
-    CHECKPOINT_KINDS,
-    CHECKPOINT_NAMES,
-    METRICS_COLUMNS,
-    SHARED_STORAGE,
-    RunDirectory,
-    first_line,
-    is_storage_full,
-    join,
-)
+from resnet.training.metrics_log import METRICS_COLUMNS
+from resnet.training.run_directory import CHECKPOINT_KINDS, SHARED_STORAGE, RunDirectory
 from resnet.training.schedules import learning_rate_schedule
 from resnet.training.steps import check_no_model_losses, make_train_step
+from resnet.training.worker_scratch import WorkerScratch
 from resnet.validation import check_choice, check_int, check_rate
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PROGRESS = ("auto", "bar", "epoch")
-
-__all__ = ["StorageFull", "Trainer", "TrainingDiverged", "TrainingInterrupted", "TrainingStopped", "variables_by_path"]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-class TrainingStopped(Exception):
-    """Training stopped on a stop signal (SIGTERM, a preemption notice) after saving a backup;
-    running the same command again resumes there."""
-
-
-class TrainingInterrupted(Exception):
-    """Training was interrupted (Ctrl-C); the message says what the newest backup holds."""
-
-
-class StorageFull(Exception):
-    """The storage of `model_dir` ran out of space while the trainer wrote to it; nothing that
-    was written before is lost, and rerunning once there is space resumes the run."""
 
 
 @gin.configurable(module="resnet", denylist=["model_dir"])
@@ -115,10 +78,11 @@ class Trainer:
         keep_checkpoints: End-of-epoch checkpoints to keep.
         backup_every_steps: Also save a resumable backup every this many steps within an epoch
             (0: only at the end of epochs).
-        seed: Seed of weight initialization, data order, augmentation and dropout / drop path.
-        deterministic: Make TensorFlow's ops deterministic, so that two runs with the same seed
-            compute the same numbers bit for bit (at some cost in speed; see
-            benchmarks/RESULTS.md).
+        seed: Seed of data order and augmentation and, once `setup_process()` has run (the
+            binaries run it), of weight initialization and dropout / drop path.
+        deterministic: Make TensorFlow's ops deterministic (in `setup_process()`), so that two
+            runs with the same seed compute the same numbers bit for bit (at some cost in speed;
+            see benchmarks/RESULTS.md).
         progress: "bar" (a progress bar per epoch), "epoch" (one line per epoch), or "auto"
             (a bar on terminals, lines otherwise).
         initial_weights: Pretrained weights to start a new run from (`@PretrainedWeights()`:
@@ -127,11 +91,17 @@ class Trainer:
             norms then use their moving statistics), for fine-tuning; None trains everything.
             Bind `ResNet.norm = 'frozen_batch'` to freeze every batch norm instead.
 
+    Process-wide settings are not the trainer's to change behind a caller's back: the devices
+    and strategy (`setup_strategy`), and the random seed and op determinism (`setup_process`)
+    are set by whoever owns the process (the binaries do both); the model is built under the
+    trainer's `precision` without changing Keras' global policy.
+
     Example:
 
     >>> import resnet                                                        # doctest: +SKIP
     >>> resnet.parse(["experiments/demo"], ["Trainer.epochs = 1"])           # doctest: +SKIP
     >>> trainer = gin.get_configurable(Trainer)(model_dir="runs/demo")       # doctest: +SKIP
+    >>> trainer.setup_process()                                              # doctest: +SKIP
     >>> trainer.train()["val_accuracy"] > 0.5                                # doctest: +SKIP
     True
     """
@@ -197,27 +167,41 @@ class Trainer:
                 f"`Trainer.initial_weights` must be @PretrainedWeights() or None; received {initial_weights!r}."
             )
         self.initial_weights = initial_weights
-        self.freeze_stages = freeze_stages
+        self.freeze_stages = None if freeze_stages is None else check_int("Trainer.freeze_stages", freeze_stages, 0)
         self._built = False
-        self._all_finite = None  # built on first use by `_check_finite`
 
     # ----------------------------------------------------------------------------- building
 
     def setup_strategy(self) -> tf.distribute.Strategy:
         """Sets up devices and the strategy this trainer is configured with (see
-        `distribution.setup`); must precede any other TensorFlow op in the process."""
+        `distribution.setup`): process-wide, and before any other TensorFlow op in the process."""
         return distribution.setup(self.strategy_name, self.logical_cpus, self.cluster_timeout)
+
+    def setup_process(self) -> None:
+        """Sets what makes this process's training reproducible, process-wide: TensorFlow's op
+        determinism (with `deterministic`) and the random seed of Python, NumPy, TensorFlow and
+        Keras (weight initialization, dropout, drop path) to `seed`. Call it once, before
+        `build()`; the binaries do."""
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(self.seed)
 
     def build(self, strategy: tf.distribute.Strategy | None = None) -> None:
         """Creates the model, optimizer, input pipeline and checkpoint objects.
 
         Args:
             strategy: The strategy to train under, as `setup_strategy()` (or
-                `distribution.setup`) returned it; None sets it up here.
+                `distribution.setup`) returned it; None is the current one, which must be a
+                single device unless `Trainer.strategy` is "default".
         """
         if self._built:
             return
-        self.strategy = strategy or self.setup_strategy()
+        if strategy is None and self.strategy_name != "default":
+            raise ValueError(
+                f"`Trainer.strategy`={self.strategy_name!r} needs its devices set up first: "
+                "`trainer.build(trainer.setup_strategy())` (the binaries do)."
+            )
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.is_chief = distribution.is_chief(self.strategy)
         replicas = self.strategy.num_replicas_in_sync
         if self.batch_size % replicas:
@@ -226,10 +210,6 @@ class Trainer:
             )
         print(f"Strategy {self.strategy_name!r}: {replicas} replica{'s' if replicas > 1 else ''}, "
               f"{self.batch_size // replicas} images per replica per step.", flush=True)
-        if self.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        keras.config.set_dtype_policy(self.precision)
-        keras.utils.set_random_seed(self.seed)
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
         self.steps = self.steps_per_epoch or self.pipeline.steps_per_epoch()
         count = None if self.steps else self.data.num_examples("train")  # counted again only to explain
@@ -245,9 +225,9 @@ class Trainer:
                 "`Trainer.steps_per_epoch` (e.g. 1281167 // 256 = 5004 for ImageNet at batch 256)."
             )
         with self.strategy.scope():
-            self.model = self.make_model()
+            self.model, self.from_logits = self.make_model()
             if self.freeze_stages is not None:
-                freeze(self.model, self.freeze_stages)
+                freeze(self.model, self.freeze_stages, argument="Trainer.freeze_stages")
             self.schedule = self.learning_rate(
                 steps_per_epoch=self.steps, total_steps=self.steps * self.epochs, batch_size=self.batch_size
             )
@@ -272,10 +252,15 @@ class Trainer:
         )
         self._built = True
 
-    def make_model(self) -> keras.Model:
-        """Builds the configured model and checks it fits the data and preprocessing; sets
-        `from_logits` from its classifier activation."""
-        model = gin.get_configurable(self.model_fn)() if _is_configurable(self.model_fn) else self.model_fn()
+    def make_model(self) -> tuple[keras.Model, bool]:
+        """Builds the configured model under the trainer's `precision` (without changing Keras'
+        global dtype policy) and checks it fits the data and preprocessing.
+
+        Returns:
+            `(model, from_logits)`: whether the model returns logits (else probabilities).
+        """
+        with _dtype_policy(self.precision):
+            model = gin.get_configurable(self.model_fn)() if _is_configurable(self.model_fn) else self.model_fn()
         outputs = model.output_shape[-1]
         if outputs != self.data.num_classes:
             raise ValueError(
@@ -294,9 +279,8 @@ class Trainer:
             raise ValueError(
                 f"Training needs logits or softmax outputs; the classifier activation is {activation!r}."
             )
-        self.from_logits = activation != "softmax"
         check_no_model_losses(model)
-        return model
+        return model, activation != "softmax"
 
     def make_train_step(self):
         """The distributed train step of this trainer (see `resnet.training.steps.make_train_step`)."""
@@ -322,7 +306,8 @@ class Trainer:
             ValueError: The checkpoint does not fit the model, or none could be read.
         """
         self.build()
-        return restore_newest_intact(lambda path: restore_checkpoint(self.checkpoint, path),
+        model = variables_by_path(self.model)
+        return restore_newest_intact(lambda path: restore_checkpoint(self.checkpoint, path, model),
                                      self.run_dir.checkpoint_candidates(which))
 
     def evaluate(self) -> dict[str, float]:
@@ -361,7 +346,7 @@ class Trainer:
         try:
             return self._train_checked(command)
         except KeyboardInterrupt:
-            raise TrainingInterrupted(f"Interrupted. {self._backup_state()}") from None
+            raise TrainingInterrupted(f"Interrupted. {backup_state(self.run_dir, self.steps)}") from None
 
     def _train_checked(self, command: Sequence[str] | None) -> dict[str, float]:
         run, strategy = self.run_dir, self.strategy
@@ -373,13 +358,12 @@ class Trainer:
                 run.check_same_run(operative)
                 if self.is_chief:
                     run.metrics.rows()  # a damaged metrics.csv is refused now, not after an epoch of training
-                    held.enter_context(run.lock())
+                    held.enter_context(run.lock.acquire())
             self._check_shared_directory()
             if self.is_chief:
                 root = run.path
             else:
-                root = run.worker_scratch(distribution.task_name(strategy))
-                held.callback(run.cleanup_scratch)
+                root = held.enter_context(WorkerScratch(run.path, distribution.task_name(strategy)))
             with distribution.fail_together(strategy, "restoring the run"):
                 resumed = self._restore_or_initialize()
             start_epoch, skip = int(self.epoch.numpy()), int(self.step_in_epoch.numpy())
@@ -390,7 +374,7 @@ class Trainer:
                     f"sees another `--model_dir` {self.model_dir!r}. It must be {SHARED_STORAGE}."
                 )
             if self.is_chief:  # the first writes: nothing can refuse the run any more
-                with self._writing("the run's configuration"):
+                with writing("the run's configuration", run, self.steps):
                     for kind in CHECKPOINT_KINDS:
                         run.repair_checkpoint_state(kind)
                     if command is not None:
@@ -401,7 +385,7 @@ class Trainer:
             if start_epoch >= self.epochs:
                 print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
                 return self._recorded_metrics(start_epoch)
-            return self._train_from(root, start_epoch, skip)
+            return EpochLoop(self, root).run(start_epoch, skip)
 
     def _check_shared_directory(self) -> None:
         """Refuses, on every worker at once, a multi-worker run whose workers do not all see the
@@ -409,7 +393,7 @@ class Trainer:
         the chief took before the collective that ended the checks, and all compare them."""
         if not distribution.is_multi_worker(self.strategy):
             return
-        token = self.run_dir.lock_token()
+        token = self.run_dir.lock.token()
         low, high = distribution.agree(self.strategy, token if token is not None else -1)
         if low != high:
             raise ValueError(
@@ -452,189 +436,29 @@ class Trainer:
         row = rows[epochs - 1]
         return {key: (int(value) if key in ("epoch", "step") else float(value)) for key, value in row.items() if value}
 
-    def _backup_state(self) -> str:
-        """What the newest backup holds, and how to resume from it."""
-        backup = self.run_dir.checkpoint_path("backup") if self._built else None
-        if backup is None:
-            return f"No backup was saved in {self.model_dir} yet."
-        done = int(backup.rsplit("-", 1)[1])
-        epoch, step = divmod(done, self.steps)
-        where = f"the end of epoch {epoch}" if step == 0 else f"step {step} of {self.steps} in epoch {epoch + 1}"
-        return f"The newest backup, {backup}, holds the run at {where}: run the same command to resume from there."
-
-    @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """Turns running out of storage space while writing `what` into a `StorageFull` that names
-        it and the newest backup (checkpoints and files are replaced atomically: the old ones stay)."""
-        try:
-            yield
-        except (tf.errors.OpError, OSError) as error:
-            if not is_storage_full(error):
-                raise
-            raise StorageFull(
-                f"No space left on the storage of `--model_dir` while writing {what} ({first_line(error)}). Nothing "
-                f"was lost: files are replaced whole, the old one stays. {self._backup_state()} Free some space first."
-            ) from None
-
-    def _train_from(self, root: str, start_epoch: int, skip: int) -> dict[str, float]:
-        """Trains epochs `start_epoch` (from its step `skip`) to the last, checkpointing into `root`
-        (`model_dir` for the chief, a scratch directory for the other workers)."""
-        run = self.run_dir
-        managers = {
-            kind: tf.train.CheckpointManager(
-                self.checkpoint, join(root, kind),
-                max_to_keep=self.keep_checkpoints if kind == "checkpoints" else 1,
-                checkpoint_name=CHECKPOINT_NAMES[kind],
-            )
-            for kind in CHECKPOINT_KINDS
-        }
-        writer = tf.summary.create_file_writer(run.join("tensorboard")) if self.is_chief else None
-        train_step = self.make_train_step()
-        row: dict[str, float] = {}
-        try:
-            with distribution.StopSignal(self.strategy) as stop:
-                # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
-                # where the last one stopped, without skipping to it again (see InputPipeline.train).
-                stream = iter(self.strategy.experimental_distribute_dataset(self.pipeline.train(
-                    start_epoch, skip_steps=skip, steps=self.steps_per_epoch, epochs=self.epochs - start_epoch
-                )))
-                for epoch in range(start_epoch, self.epochs):
-                    batches = itertools.islice(stream, self.steps - skip)
-                    row = self._train_epoch(epoch, skip, batches, train_step, managers, writer, stop)
-                    skip = 0
-        finally:
-            if writer is not None:
-                writer.close()
-        return row
-
-    def _train_epoch(self, epoch: int, skip: int, batches, train_step, managers, writer, stop) -> dict[str, float]:
-        started = time.time()
-        bar = self._progress_bar(epoch)
-        loss_sum, correct, steps_done = 0.0, 0.0, 0
-        skipped_before = self._skipped_records(clear=True)[0]
-        for step, batch in enumerate(data_errors_named(batches, self.data.name), start=skip):
-            loss, hits = (float(t) for t in train_step(batch))
-            global_step = epoch * self.steps + step + 1
-            if not math.isfinite(loss):
-                raise self._diverged(f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, "
-                                     f"step {step + 1})")
-            loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
-            if bar is not None:
-                bar.update(step + 1, [("loss", loss), ("accuracy", hits / self.batch_size)])
-            self.step_in_epoch.assign(step + 1)
-            self.run_dir.heartbeat()
-            if stop.agreed():
-                self._check_finite(global_step)
-                self._save(managers, "backup", global_step)
-                raise TrainingStopped(
-                    f"Stopped by a stop signal at step {global_step} (epoch {epoch + 1}, step {step + 1}) after "
-                    f"saving a backup in {self.model_dir}; run the same command again to resume."
-                )
-            if self.backup_every_steps and (step + 1) % self.backup_every_steps == 0 and step + 1 < self.steps:
-                self._check_finite(global_step)
-                self._save(managers, "backup", global_step)
-        if steps_done == 0 and skip < self.steps:
-            raise ValueError(f"The training split of {self.data.name!r} data gave no full batch of {self.batch_size}.")
-        count, reports = self._skipped_records()
-        if count > skipped_before:
-            print(f"Epoch {epoch + 1} skipped {count - skipped_before} unreadable training record(s) of "
-                  f"{self.data.name!r}" + (f"; first: {' | '.join(reports).rstrip('.')}" if reports else "") + ".", flush=True)
-        results = self.evaluator.evaluate()
-        row = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * self.steps,
-            "loss": loss_sum / max(steps_done, 1),
-            "accuracy": correct / max(steps_done * self.batch_size, 1),
-            "val_loss": results["loss"],
-            "val_accuracy": results["top1"],
-            "val_top5": results["top5"],
-            "learning_rate": float(self.schedule(self.optimizer.iterations)),
-            "seconds": round(time.time() - started, 2),
-        }
-        self._end_epoch(epoch, row, managers, writer)
-        return row
-
-    def _skipped_records(self, clear: bool = False) -> tuple[int, list[str]]:
-        """Training records the data source has skipped as unreadable so far (`skip_corrupt`),
-        and the reports of the first few since the last clear."""
-        if not hasattr(self.data, "skipped_count"):
-            return 0, []
-        return self.data.skipped_count("train"), self.data.skipped_reports("train", clear=clear)
-
-    def _diverged(self, what: str) -> TrainingDiverged:
-        """The error ending a diverged run; it names the newest backup, the last good checkpoint
-        (no checkpoint with non-finite weights is ever saved, see `_check_finite`)."""
-        last = self.run_dir.checkpoint_path("backup")
-        return TrainingDiverged(f"{what}; stopping. The last good checkpoint is {last or 'none (nothing saved yet)'}.")
-
-    def _check_finite(self, global_step: int) -> None:
-        """Raises `TrainingDiverged` instead of letting a checkpoint save non-finite weights: the
-        loss can stay finite while weights overflow (moving variances, which a training step
-        does not use, are the first)."""
-        if self._all_finite is None:
-            variables = [v for v in self.model.weights if keras.backend.is_float_dtype(v.dtype)]
-            self._all_finite = tf.function(
-                lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
-            )
-        if not bool(self._all_finite()):
-            bad = [v.path for v in self.model.weights
-                   if keras.backend.is_float_dtype(v.dtype) and not np.isfinite(v.numpy()).all()]
-            raise self._diverged(
-                f"The weights hold non-finite values after step {global_step} ({len(bad)} variable(s), "
-                f"first {', '.join(bad[:3])}) though the loss is finite; they are not saved"
-            )
-
-    def _end_epoch(self, epoch: int, row: dict, managers, writer) -> None:
-        step = row["step"]
-        self._check_finite(step)  # before anything of the epoch is written
-        summary = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        print(f"Epoch {epoch + 1}/{self.epochs}  {summary}  lr {row['learning_rate']:.4g}  ({row['seconds']:.0f}s)", flush=True)
-        # The epoch's checkpoints first: a failure writing the metrics cannot lose them.
-        self.epoch.assign(epoch + 1)
-        self.step_in_epoch.assign(0)
-        self._save(managers, "checkpoints", epoch + 1)
-        if row["val_accuracy"] > float(self.best_accuracy.numpy()):
-            self.best_accuracy.assign(row["val_accuracy"])
-            self._save(managers, "best", epoch + 1)
-            if self.is_chief:
-                with self._writing(self.run_dir.join("best", "best.json")):
-                    self.run_dir.write_json("best/best.json", {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]})
-        if self.is_chief:
-            with self._writing(self.run_dir.metrics.path):
-                # Nine significant digits hold a float32 exactly: the figures are those evaluated.
-                self.run_dir.metrics.write({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-            with self._writing(self.run_dir.join("tensorboard")), writer.as_default(step=step):
-                for key, value in row.items():
-                    if key not in ("epoch", "step"):
-                        tf.summary.scalar(key, value)
-                writer.flush()
-        # Last: the backup marks the epoch as finished, so a rerun never redoes it.
-        self._save(managers, "backup", step)
-
-    def _save(self, managers: dict[str, tf.train.CheckpointManager], kind: str, number: int) -> None:
-        manager = managers[kind]
-        with self._writing(f"the checkpoint {join(manager.directory, CHECKPOINT_NAMES[kind])}-{number}"):
-            manager.save(checkpoint_number=number)
-
-    def _progress_bar(self, epoch: int):
-        use_bar = self.progress == "bar" or (self.progress == "auto" and sys.stdout.isatty())
-        if not use_bar:
-            return None
-        print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
-        return keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy"])
-
     # --------------------------------------------------------------------------- evaluation
 
     def build_evaluator(self) -> tuple[keras.Model, Evaluator]:
         """The model and an `Evaluator` of it on one device, without optimizer or training input:
-        what `resnet-eval` and `resnet-export` need, whatever strategy the run trained with."""
-        keras.config.set_dtype_policy(self.precision)
-        model = self.make_model()
+        what `resnet-eval` and `resnet-export` need, whatever strategy the run trained with.
+        Only the evaluation split is read (when evaluating)."""
+        model, from_logits = self.make_model()
         pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
         evaluator = Evaluator(
-            model, pipeline, num_classes=self.data.num_classes, from_logits=self.from_logits, data_name=self.data.name
+            model, pipeline, num_classes=self.data.num_classes, from_logits=from_logits, data_name=self.data.name
         )
         return model, evaluator
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `policy` for the block only (layers take it when built)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _is_configurable(fn) -> bool:

@@ -368,8 +368,9 @@ def test_eval_is_not_shuffled_nor_augmented_and_keeps_the_last_partial_batch():
 
 def test_constructor_arguments_are_checked():
     for kwargs, message in [
-        ({"batch_size": 0}, r"`Trainer.batch_size` must be an integer >= 1; received 0"),
-        ({"batch_size": 4.0}, r"`Trainer.batch_size` must be an integer >= 1; received 4.0"),
+        ({"batch_size": 0}, r"^`batch_size` must be an integer >= 1; received 0"),
+        ({"batch_size": 4.0}, r"^`batch_size` must be an integer >= 1; received 4.0"),
+        ({"seed": -3}, r"^`seed` must be an integer >= 0; received -3"),
         ({"eval_batch_size": 0}, r"`InputPipeline.eval_batch_size` must be an integer >= 1; received 0"),
         ({"shuffle_buffer": 0}, r"`InputPipeline.shuffle_buffer` must be an integer >= 1; received 0"),
         ({"cache": "no"}, r"`InputPipeline.cache` must be True or False; received 'no'"),
@@ -394,5 +395,5 @@ def test_train_arguments_are_checked(kwargs, message):
     pipe = InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4)
     with pytest.raises(ValueError, match=message):
         pipe.train(**kwargs)
-    with pytest.raises(ValueError, match=r"`Trainer.seed` must be an integer >= 0; received -3"):
+    with pytest.raises(ValueError, match=r"^`seed` must be an integer >= 0; received -3"):
         InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4, seed=-3)

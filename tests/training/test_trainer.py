@@ -11,9 +11,11 @@ import tensorflow as tf
 import resnet
 from conftest import marked_slow, torchvision_resnet18_state
 from resnet import config
-from resnet.training.rundir import RunDirectory
+from resnet.training.checkpoints import variables_by_path
+from resnet.training.errors import StorageFull, TrainingDiverged, TrainingInterrupted
+from resnet.training.run_directory import RunDirectory
 from resnet.training.steps import classification_loss, decayed_kernels, make_train_step
-from resnet.training.trainer import Trainer, TrainingDiverged, variables_by_path
+from resnet.training.trainer import Trainer
 
 TINY = [
     "ResNet.stage_blocks = (1, 1, 1)",
@@ -30,6 +32,7 @@ TINY = [
 def make_trainer(tmp_path, *bindings):
     config.parse(["experiments/demo"], TINY + list(bindings))
     trainer = gin.get_configurable(Trainer)(model_dir=tmp_path)
+    trainer.setup_process()
     trainer.build()
     return trainer
 
@@ -227,7 +230,7 @@ def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_che
     assert resumed.run_dir.checkpoint_path("backup").endswith("backup-4")  # nothing trained
     # A metrics write that fails at the end of an epoch still leaves that epoch's checkpoint.
     metrics.write_text("\n".join(lines) + "\n")
-    from resnet.training.rundir import MetricsLog
+    from resnet.training.metrics_log import MetricsLog
 
     def failing_write(self, row):
         raise OSError("disk full")
@@ -290,7 +293,7 @@ RESTORE_INTO_ANOTHER_MODEL = r"""
 import sys
 import tensorflow as tf
 import resnet
-from resnet.training.evaluator import restore_model, variables_by_path
+from resnet.training.checkpoints import restore_model, variables_by_path
 
 path = tf.train.Checkpoint(model=variables_by_path(resnet.build("cifar/resnet20"))).save(sys.argv[1])
 for bindings in (["ResNet.num_classes = 7"], ["ResNet.stage_blocks = (2, 2, 2)"], []):  # other models, a truncated file
@@ -443,8 +446,6 @@ def test_a_finished_run_returns_its_last_recorded_metrics(two_epochs, tmp_path):
 
 
 def test_ctrl_c_says_what_the_newest_backup_holds(two_epochs, tmp_path, monkeypatch):
-    from resnet.training.trainer import TrainingInterrupted
-
     model_dir = copied_run(two_epochs, tmp_path)
     trainer = resumed_trainer(model_dir, "Trainer.epochs = 3")
     step = trainer.make_train_step()
@@ -464,8 +465,6 @@ def test_ctrl_c_says_what_the_newest_backup_holds(two_epochs, tmp_path, monkeypa
 
 
 def test_a_full_disk_while_saving_names_the_file_and_loses_nothing(two_epochs, tmp_path, monkeypatch):
-    from resnet.training.trainer import StorageFull
-
     model_dir = copied_run(two_epochs, tmp_path)
     resumed = resumed_trainer(model_dir, "Trainer.epochs = 3", "Trainer.backup_every_steps = 0")
     written_at_start = ("command.txt", "operative_config.gin")  # a resumed run records its command and epochs

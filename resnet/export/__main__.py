@@ -16,8 +16,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from resnet import cli
-from resnet.training import deploy
-from resnet.training.serving import (
+from resnet.export import deploy
+from resnet.export.serving import (
     CALIBRATION_IMAGES,
     MAX_INPUT_SIDE,
     check_input_side,
@@ -60,12 +60,12 @@ def main(argv: list[str]) -> None:
     del argv
     size = _input_size(FLAGS.tflite_input_size)
     check_output(FLAGS.output, FLAGS.overwrite, model_dir=FLAGS.model_dir)  # before the slow restore
-    trainer, model, _, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
+    trainer, model, evaluator, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
     output = export_for_serving(
         model,
         trainer.preprocessing,
         FLAGS.output,
-        from_logits=trainer.from_logits,
+        from_logits=evaluator.from_logits,
         overwrite=FLAGS.overwrite,
         formats=FLAGS.formats,
         quantize=FLAGS.quantize,

@@ -12,8 +12,8 @@ import tensorflow as tf
 import resnet
 from resnet import cli, config
 from resnet.data.preprocessing import Preprocessing, resize_to_fill
-from resnet.training import deploy
-from resnet.training.serving import export_for_serving
+from resnet.export import deploy
+from resnet.export.serving import export_for_serving
 from resnet.training.trainer import Trainer
 
 slow = pytest.mark.slow
@@ -25,7 +25,9 @@ def demo(tmp_path_factory):
     and exported in every format."""
     model_dir = str(tmp_path_factory.mktemp("run") / "demo")
     config.parse(["experiments/demo"], ["Trainer.epochs = 4", "Trainer.progress = 'epoch'"])
-    gin.get_configurable(Trainer)(model_dir=model_dir).train()
+    trainer = gin.get_configurable(Trainer)(model_dir=model_dir)
+    trainer.setup_process()
+    trainer.train()
     trainer, model, _, _ = cli.restored_model(model_dir, [], "best")
     output = str(tmp_path_factory.mktemp("exports") / "demo")
     lines = []

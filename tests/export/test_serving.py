@@ -1,0 +1,113 @@
+"""Exports for serving: files that serve what the model computes, on any TensorFlow file system,
+complete or absent, with the umask's modes."""
+
+import os
+import re
+import stat
+import time
+import uuid
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exports import (
+    OLD_EXPORT,
+    make_old_export,
+    read,
+    tree,
+)
+from resnet.data.preprocessing import Preprocessing
+from resnet.export.serving import export_for_serving
+
+# Monkeypatches of `tf.io.gfile` hold whichever test exports first.
+pytestmark = pytest.mark.usefixtures("gfile_imported_as_keras_does")
+
+IMAGES = tf.constant(np.random.default_rng(0).integers(0, 255, (3, 40, 36, 3)), tf.uint8)
+
+
+def test_export_loads_back_and_serves_what_the_model_computes(model, preprocessing, parent):
+    output = f"{parent}/exports/digits"
+    assert export_for_serving(model, preprocessing, output + "/") == output
+    assert tree(parent) == {"exports", "exports/digits"} | {f"exports/digits/{p}" for p in tree(output)}
+    assert {"model.keras", "saved_model/saved_model.pb", "saved_model/variables/variables.index"} <= tree(output)
+    probabilities = tf.nn.softmax(model(preprocessing.serve(IMAGES), training=False)).numpy()
+    # Both load straight from the URI (ram:// included).
+    loaded = tf.saved_model.load(f"{output}/saved_model")
+    served = loaded.signatures["serving_default"](images=IMAGES)
+    np.testing.assert_allclose(served["probabilities"].numpy(), probabilities, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(served["classes"].numpy(), probabilities.argmax(-1))
+    reloaded = keras.models.load_model(f"{output}/model.keras")
+    np.testing.assert_allclose(
+        tf.nn.softmax(reloaded(preprocessing.serve(IMAGES))).numpy(), probabilities, rtol=1e-5, atol=1e-6
+    )
+    assert not os.path.exists("ram:")  # nothing went to a local directory named after the URI
+
+
+def test_export_follows_the_umask(model, preprocessing, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        output = export_for_serving(model, preprocessing, tmp_path / "export")
+    finally:
+        os.umask(previous)
+    modes = {}
+    for root, dirs, files in os.walk(output):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            modes[os.path.relpath(path, output)] = stat.S_IMODE(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(output).st_mode) == 0o755
+    assert {mode for path, mode in modes.items() if os.path.isdir(os.path.join(output, path))} == {0o755}
+    assert {mode for path, mode in modes.items() if os.path.isfile(os.path.join(output, path))} == {0o644}
+    assert len(modes) >= 7
+
+
+def test_failed_export_leaves_no_staging_and_the_old_export_untouched(model, preprocessing, parent, monkeypatch):
+    output = f"{parent}/export"
+    make_old_export(output)
+
+    def failing_save(self, filepath, *args, **kwargs):  # after the SavedModel is written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_for_serving(model, preprocessing, output, overwrite=True)
+    assert tree(parent) == {"export"} | {f"export/{p}" for p in OLD_EXPORT}
+    assert read(f"{output}/export.json") == "old export"
+    with pytest.raises(OSError, match="disk full"):
+        export_for_serving(model, preprocessing, f"{parent}/new")
+    assert tree(parent) == {"export"} | {f"export/{p}" for p in OLD_EXPORT}
+
+
+def test_failure_while_moving_into_place_leaves_nothing_half_written(model, preprocessing, monkeypatch):
+    parent = f"ram://{uuid.uuid4().hex}"
+    rename = tf.io.gfile.rename
+    moved = []
+
+    def rename_then_fail(source, target, overwrite=False):
+        if moved:
+            raise tf.errors.UnavailableError(None, None, "connection reset")
+        moved.append(target)
+        rename(source, target, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename_then_fail)
+    with pytest.raises(tf.errors.UnavailableError, match="connection reset"):
+        export_for_serving(model, preprocessing, f"{parent}/export")
+    assert moved and tree(parent) == set()
+
+
+@pytest.mark.parametrize("size", [(100000, 100000), (8193, 32), (32, 8193)])
+def test_an_input_size_beyond_the_bound_is_refused_at_once(size, tmp_path):
+    started = time.monotonic()
+    message = rf"^`--tflite_input_size` must be at most 8192 pixels a side .*; received {re.escape(repr(size))}\.$"
+    with pytest.raises(ValueError, match=message):
+        export_for_serving(None, Preprocessing(), tmp_path / "export", formats=["tflite"], tflite_input_size=size)
+    with pytest.raises(ValueError, match=message):  # what the checks run at, whatever the formats
+        export_for_serving(None, Preprocessing(), tmp_path / "export", tflite_input_size=size)
+    from resnet.export.__main__ import _input_size
+
+    text = ",".join(map(str, size))
+    with pytest.raises(ValueError, match=rf"^`--tflite_input_size` must be at most 8192 pixels a side .*; received '{text}'\.$"):
+        _input_size(text.split(","))
+    assert _input_size(["8192", "6000"]) == (8192, 6000) and _input_size(["8192"]) == (8192, 8192)
+    assert list(tmp_path.iterdir()) == [] and time.monotonic() - started < 5
