@@ -63,8 +63,9 @@ def export_for_serving(
     (`resnet.fold_batch_norm`); `model.keras` holds the bare trained network (float inputs, no
     preprocessing, norms unfolded). Each file written is loaded in its runtime and checked
     against the trained Keras model on `CHECK_IMAGES` images (the first of `data`'s eval split,
-    or seeded random images without `data`), and dynamic-size formats also at a second size;
-    `export.json` lists the files with what was measured.
+    or seeded random images without `data`), and dynamic-size formats (and `model.keras`,
+    loaded back with the serving preprocessing around it) also at a second size; `export.json`
+    lists the files with what was measured.
 
     `output` is a local path or any TensorFlow file system URI (`gs://...`, `ram://...`); all
     is written through `tf.io.gfile`. The export is written to its own staging directory beside
@@ -186,6 +187,7 @@ class _Exporter:
         # Every format serves the network with its batch norms folded into the convolutions; the
         # checks hold it to the trained model itself (`reference`), in that model's precision.
         self.served = fold_batch_norm(model)
+        self.preprocessing, self.from_logits = preprocessing, from_logits
         self.serve = deploy.serving_function(self.served, preprocessing, from_logits)
         self.reference = deploy.serving_function(model, preprocessing, from_logits)
         self.tolerance = None if model.compute_dtype == "float32" else deploy.FLOAT16_TOLERANCE
@@ -203,6 +205,7 @@ class _Exporter:
             deploy.write_saved_model(self.served, self.serve, path)
             self._check("saved_model", deploy.SavedModelRunner(path), image_size="any")
         self.model.save(join(self.directory, "model.keras"))
+        self._check("model.keras", self._keras_file_runner(), image_size="any")
         if "tflite" in formats:
             self._write_tflite(quantize, calibration_images)
         if "onnx" in formats:
@@ -235,12 +238,23 @@ class _Exporter:
             other = deploy.check_outputs(name, runner, self.other_images, self.other_expected, quantization, self.tolerance)
             results["max_probability_difference"] = max(results["max_probability_difference"], other["max_probability_difference"])
             results["class_agreement"] = min(results["class_agreement"], other["class_agreement"])
-        checked = len(self.images) + (len(self.other_images) if image_size == "any" else 0)
+        sizes = [(self.images, len(self.images))]
+        if image_size == "any":
+            sizes.append((self.other_images, len(self.other_images)))
+        checked = sum(count for _, count in sizes)
         self.files[name] = {"image_size": image_size, "quantization": quantization, "checked_images": checked, **results}
+        at = ", ".join(f"{count} at {images.shape[1]}x{images.shape[2]}" for images, count in sizes)
         self.progress(
-            f"  {name}: checked against the Keras model on {len(self.images)} images: classes agree on "
+            f"  {name}: checked against the Keras model on {checked} images ({at}): classes agree on "
             f"{results['class_agreement']:.0%}, probabilities within {results['max_probability_difference']:.2g}"
         )
+
+    def _keras_file_runner(self) -> deploy.Runner:
+        """`model.keras` loaded back, with the serving preprocessing and softmax around it: the
+        bare network must compute what the trained one does."""
+        reloaded = keras.models.load_model(join(self.directory, "model.keras"))
+        serve = tf.function(deploy.serving_function(reloaded, self.preprocessing, self.from_logits))
+        return lambda images: {name: value.numpy() for name, value in serve(tf.constant(images)).items()}
 
     def _read(self, name: str) -> bytes:
         with tf.io.gfile.GFile(join(self.directory, name), "rb") as file:

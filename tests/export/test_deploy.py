@@ -73,12 +73,18 @@ def test_every_format_serves_the_validation_set_as_the_saved_model_does(demo):
 def test_the_export_reports_what_it_checked(demo):
     _, _, output, lines, _, _ = demo
     files = json.loads(read(f"{output}/export.json"))["files"]
-    assert set(files) == {"saved_model", "model.tflite", "model_int8.tflite", "model_float16.tflite", "model.onnx"}
+    assert set(files) == {"saved_model", "model.keras", "model.tflite", "model_int8.tflite", "model_float16.tflite",
+                          "model.onnx"}
     for name, entry in files.items():
-        assert entry["image_size"] == ("any" if name in ("saved_model", "model.onnx") else [32, 32])
+        any_size = name in ("saved_model", "model.keras", "model.onnx")
+        assert entry["image_size"] == ("any" if any_size else [32, 32])
         assert entry["max_probability_difference"] <= (1e-4 if entry["quantization"] is None else 0.1)
-        assert entry["class_agreement"] >= 0.75 and entry["checked_images"] >= 16
-        assert any(line.startswith(f"  {name}: checked against the Keras model") for line in lines)
+        assert entry["class_agreement"] >= 0.75 and entry["checked_images"] == (20 if any_size else 16)
+        # The progress line counts what export.json records.
+        at = "16 at 32x32, 4 at 48x40" if any_size else "16 at 32x32"
+        assert any(line.startswith(f"  {name}: checked against the Keras model on {entry['checked_images']} images ({at}): ")
+                   for line in lines), (name, lines)
+    assert files["model.keras"]["max_probability_difference"] <= 1e-6  # the trained network itself, reloaded
     assert files["model_int8.tflite"]["quantization"] == "int8"
     assert "  int8 calibrates on 256 training images of 'digits'" in lines
 

@@ -1,6 +1,7 @@
 """Exports for serving: files that serve what the model computes, on any TensorFlow file system,
 complete or absent, with the umask's modes."""
 
+import json
 import os
 import re
 import stat
@@ -19,6 +20,7 @@ from exports import (
     tree,
 )
 from resnet.data.preprocessing import Preprocessing
+from resnet.export.deploy import ExportError
 from resnet.export.serving import export_for_serving
 
 # Monkeypatches of `tf.io.gfile` hold whichever test exports first.
@@ -111,3 +113,25 @@ def test_an_input_size_beyond_the_bound_is_refused_at_once(size, tmp_path):
         _input_size(text.split(","))
     assert _input_size(["8192", "6000"]) == (8192, 6000) and _input_size(["8192"]) == (8192, 8192)
     assert list(tmp_path.iterdir()) == [] and time.monotonic() - started < 5
+
+
+def test_model_keras_is_checked_like_every_other_file(model, preprocessing, tmp_path, monkeypatch):
+    lines = []
+    output = export_for_serving(model, preprocessing, tmp_path / "export", progress=lines.append)
+    files = json.loads(read(f"{output}/export.json"))["files"]
+    assert files["model.keras"]["checked_images"] == 20 and files["model.keras"]["max_probability_difference"] <= 1e-6
+    for name, entry in files.items():  # the progress lines count what export.json records
+        assert any(line.startswith(f"  {name}: checked against the Keras model on {entry['checked_images']} images (16 "
+                                   "at 32x32, 4 at 48x40)") for line in lines), (name, lines)
+
+    save = keras.Model.save
+
+    def save_other_weights(self, filepath, *args, **kwargs):  # a model.keras that is not the trained model
+        copy = keras.models.clone_model(self)
+        copy.set_weights([weight * 1.5 for weight in self.get_weights()])
+        save(copy, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_other_weights)
+    with pytest.raises(ExportError, match="model.keras differs from the Keras model"):
+        export_for_serving(model, preprocessing, tmp_path / "refused")
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # nothing of the refused export is left

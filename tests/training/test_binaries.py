@@ -129,8 +129,10 @@ def test_export_writes_tflite_int8_and_onnx_checked_in_their_runtimes(trained, t
     result = run("resnet-export", f"--model_dir={model_dir}", f"--output={output}", "--formats=tflite,onnx",
                  "--quantize=int8", "--calibration_images=32", "--checkpoint=best")
     assert "  int8 calibrates on 32 training images of 'digits'" in result.stdout
-    for name in ("model.tflite", "model_int8.tflite", "model.onnx"):
-        assert f"  {name}: checked against the Keras model on 16 images" in result.stdout
+    for name in ("model.tflite", "model_int8.tflite"):
+        assert f"  {name}: checked against the Keras model on 16 images (16 at 32x32): " in result.stdout
+    for name in ("model.keras", "model.onnx"):  # any size: checked at a second one too
+        assert f"  {name}: checked against the Keras model on 20 images (16 at 32x32, 4 at 48x40): " in result.stdout
     assert sorted(p.name for p in output.iterdir()) == ["export.json", "model.keras", "model.onnx", "model.tflite",
                                                        "model_int8.tflite"]
     assert result.stdout.strip().splitlines()[-1].startswith("Exported ")
