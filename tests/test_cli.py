@@ -9,6 +9,7 @@ from absl import flags
 from resnet import cli
 from resnet.training import distribution
 from resnet.training.errors import StorageFull, TrainingDiverged, TrainingInterrupted, TrainingStopped
+from resnet.training.run_lock import RunDirectoryLocked
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,8 @@ def outcome(error: BaseException, capsys) -> tuple[int, str]:
         (ValueError("`--x` must be 1; received 2."), 2, "resnet-test: error: `--x` must be 1; received 2."),
         (TrainingDiverged("The training loss is nan"), 2, "resnet-test: error: The training loss is nan"),
         (TrainingStopped("Stopped by a stop signal"), distribution.PREEMPTED_EXIT_CODE, "resnet-test: Stopped by a stop signal"),
+        (RunDirectoryLocked("`--model_dir` 'r' is in use by another run: host h. Wait for it"), 75,
+         "resnet-test: error: `--model_dir` 'r' is in use by another run: host h. Wait for it"),
         (StorageFull("No space left ... Nothing was lost"), 75, "resnet-test: error: No space left ... Nothing was lost"),
         (tf.errors.ResourceExhaustedError(None, None, "/out/.e.partial/x.tflite; No space left on device"), 75,
          "resnet-test: error: no space left on the storage while writing (/out/.e.partial/x.tflite; No space left on "

@@ -95,7 +95,7 @@ def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(
             time.sleep(0.05)
         started = time.time()
         second = run("resnet-train", model_dir, params, check=False)
-        assert second.returncode == 2, second.stderr
+        assert second.returncode == 75, second.stderr  # try again later
         assert "in use" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
         assert time.time() - started < 60
         assert first.poll() is None  # the holder goes on

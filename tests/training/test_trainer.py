@@ -483,3 +483,59 @@ def test_a_full_disk_while_saving_names_the_file_and_loses_nothing(two_epochs, t
     assert "Nothing was lost" in message and "backup-4, holds the run at the end of epoch 2" in message
     after = snapshot(model_dir)
     assert {p: after.get(p) for p in before} == before  # every file as it was (a new TensorBoard file aside)
+
+
+@pytest.mark.slow
+def test_the_lock_stays_fresh_through_a_long_evaluation_and_the_saves(tmp_path, monkeypatch):
+    """Another host takes a lock whose heartbeat is older than the stale limit: an evaluation
+    (or a save) longer than that must refresh it, not only the training steps."""
+    import threading
+    import time
+
+    from resnet.storage import owners
+    from resnet.training import run_lock
+
+    stale_after = 2.0
+    trainer = make_trainer(tmp_path, "Trainer.epochs = 1", "InputPipeline.eval_batch_size = 10")
+    trainer.run_dir.lock = run_lock.RunLock(trainer.run_dir.path, stale_after=stale_after)
+    monkeypatch.setattr(run_lock, "HEARTBEAT_SECONDS", 0.1)
+    trainer.evaluate()  # the evaluation step traced beforehand: what follows is the evaluation itself
+    slow = threading.Event()  # set inside the slowed evaluation steps and saves: what this test times
+    step = trainer.evaluator._step
+
+    def slow_step(batch):  # 36 batches of 0.1 s: the evaluation lasts longer than the stale limit
+        slow.set()
+        time.sleep(0.1)
+        result = step(batch)
+        slow.clear()
+        return result
+
+    save = tf.train.CheckpointManager.save
+
+    def slow_save(self, *args, **kwargs):  # three or four saves of 0.8 s in a row
+        slow.set()
+        time.sleep(0.8)
+        result = save(self, *args, **kwargs)
+        slow.clear()
+        return result
+
+    trainer.evaluator._step = slow_step
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", slow_save)
+    ages, done = [], threading.Event()
+
+    def watch():  # what another host sees: the age of the heartbeat the lock file records
+        while not done.is_set():
+            record = owners.read_record(trainer.run_dir.lock.path)
+            if record and slow.is_set():
+                ages.append(owners.age_of(record.get("heartbeat")))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        trainer.train()
+    finally:
+        done.set()
+        watcher.join()
+    assert len(ages) > 2 * stale_after / 0.05  # watched for more than twice the stale limit
+    assert ages and max(ages) < stale_after, max(ages)
