@@ -397,3 +397,28 @@ def test_train_arguments_are_checked(kwargs, message):
         pipe.train(**kwargs)
     with pytest.raises(ValueError, match=r"^`seed` must be an integer >= 0; received -3"):
         InputPipeline(synthetic_source(), Preprocessing(**CIFAR), batch_size=4, seed=-3)
+
+
+class Recorded(Numbered):
+    """`Numbered`, noting which splits were asked for (records or examples)."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: list[str] = []
+
+    def _records(self, split):
+        self.asked.append(split)
+        return super()._records(split)
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+def test_each_split_is_prepared_only_when_used(cache):
+    """Evaluating (resnet-eval, resnet-export) never prepares the training split: CIFAR would
+    load it whole, TFRecord stat every shard."""
+    source = Recorded()
+    pipe = InputPipeline(source, Preprocessing(**PLAIN), batch_size=4, cache=cache)
+    assert source.asked == []
+    assert sum(len(labels) for _, labels in batches(pipe.eval())) == 10
+    assert set(source.asked) == {"eval"}
+    assert len(batches(pipe.train(epoch=0))) == 7
+    assert set(source.asked) == {"eval", "train"}
