@@ -8,33 +8,75 @@ Quick start:
 
 Layers (`BottleneckBlock`, `ResidualStage`, shortcuts, stems, norms) are importable on their
 own for use inside other models.
+
+`import resnet` imports the public API, which registers every layer with Keras and gin (so
+`keras.models.load_model` finds our classes in a `.keras` file), and changes nothing else in the
+process. Only in our own binaries does it wait: there each name is imported where it is first
+used, so that a binary's first line runs before TensorFlow is imported (see `resnet._startup`).
 """
 
-from resnet._startup import quiet_binary_start
+from __future__ import annotations
 
-quiet_binary_start()  # before TensorFlow is first imported; does nothing outside our binaries
+import sys
+from typing import TYPE_CHECKING
 
-from resnet.config import available_configs, available_experiments, build, config_path, parse
-from resnet.flops import count_macs
-from resnet.fold import fold_batch_norm
-from resnet.layers import *  # noqa: F401,F403  (the public layer classes)
-from resnet.layers import __all__ as _layer_names
-from resnet.model import ResNet
-from resnet.registry import register
-from resnet.stage import ResidualStage
+from resnet._startup import launched_as_binary, lazy_names
+
+if TYPE_CHECKING:  # `__all__` as type checkers and editors see it; at run time `__getattr__` imports each
+    from resnet.config import available_configs, available_experiments, build, config_path, parse  # noqa: F401
+    from resnet.flops import count_macs  # noqa: F401
+    from resnet.fold import fold_batch_norm  # noqa: F401
+    from resnet.layers import *  # noqa: F401,F403  (the public layer classes)
+    from resnet.model import ResNet  # noqa: F401
+    from resnet.registry import register  # noqa: F401
+    from resnet.stage import ResidualStage  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ResNet",
-    "ResidualStage",
-    "available_configs",
-    "available_experiments",
-    "build",
-    "config_path",
-    "count_macs",
-    "fold_batch_norm",
-    "parse",
-    "register",
-    *_layer_names,
-]
+# `resnet.layers.__all__`, listed here so that naming them imports nothing (tests/test_imports.py
+# checks the two lists agree).
+_LAYER_NAMES = (
+    "AvgDownShortcut",
+    "BasicBlock",
+    "BatchNorm",
+    "BottleneckBlock",
+    "CifarStem",
+    "ClassicStem",
+    "Conv2D",
+    "DeepStem",
+    "DropPath",
+    "FrozenBatchNorm",
+    "GroupNorm",
+    "IdentityShortcut",
+    "LayerNorm",
+    "NoShortcut",
+    "ProjectionShortcut",
+    "ResidualBlock",
+    "Shortcut",
+    "SqueezeExcite",
+    "SyncBatchNorm",
+    "ZeroPadShortcut",
+)
+
+# Public name -> the module that defines it.
+_MODULES = {
+    "ResNet": "resnet.model",
+    "ResidualStage": "resnet.stage",
+    "available_configs": "resnet.config",
+    "available_experiments": "resnet.config",
+    "build": "resnet.config",
+    "config_path": "resnet.config",
+    "count_macs": "resnet.flops",
+    "fold_batch_norm": "resnet.fold",
+    "parse": "resnet.config",
+    "register": "resnet.registry",
+    **dict.fromkeys(_LAYER_NAMES, "resnet.layers"),
+}
+
+__all__ = list(_MODULES)
+
+__getattr__, __dir__ = lazy_names(globals(), _MODULES)
+
+if not launched_as_binary(sys.argv, getattr(sys, "orig_argv", [])):
+    for _name in __all__:  # a library import: the whole API now, every class registered
+        __getattr__(_name)

@@ -8,24 +8,34 @@ loads the profiler plugin extension (`_pywrap_profiler_plugin`, through
 whose start-up runs a second time. The first op then logs the CPU feature guard and, on a
 machine without a GPU, a failed `cuInit`, both of which `TF_CPP_MIN_LOG_LEVEL=3` hides.
 
-`resnet/__init__.py` calls `quiet_binary_start()` first, so that it acts before TensorFlow is
-imported. It does something only in our own binaries (`resnet-train`, `resnet-eval`,
-`resnet-export`, or `python -m resnet.train` and the like) run without absl's `--verbosity` /
-`-v` flag: imported as a library, or with that flag, TensorFlow starts as it always does.
+Each binary (`resnet/train.py`, `resnet/evaluate.py`, `resnet/export/__main__.py`) calls
+`quiet_binary_start()` on its first line. The packages imported before that line import nothing
+heavy then: `resnet.export` imports nothing, and `resnet` imports its public names eagerly only
+when the process is not one of our binaries (`launched_as_binary`), otherwise where they are
+first used (`lazy_names`). `quiet_binary_start` acts only in a process that is one of our
+binaries (`resnet-train`, `resnet-eval`, `resnet-export`, or `python -m resnet.train` and the
+like) run without absl's `--verbosity` / `-v` flag; a binary's module imported as a library, or
+a binary run with that flag, leaves TensorFlow to start as it always does. Importing the library
+(`import resnet`, or any of its modules) changes neither `os.environ` nor descriptor 2.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from resnet._stderr import captured_stderr
 
 BINARIES = {"resnet-train": "train", "resnet-eval": "evaluate", "resnet-export": "export"}
+"""Our binaries: console script name -> module under `resnet`."""
 
 
-def is_quiet_binary(argv: list[str], orig_argv: list[str]) -> bool:
-    """Whether this process is one of our binaries started without a verbosity flag.
+def launched_as_binary(argv: list[str], orig_argv: list[str]) -> bool:
+    """Whether this process is one of our binaries (a console script, or `python -m resnet.train`
+    and the like).
 
     Args:
         argv: `sys.argv` (a console script's own path first).
@@ -33,11 +43,13 @@ def is_quiet_binary(argv: list[str], orig_argv: list[str]) -> bool:
     """
     script = os.path.basename(argv[0]) if argv else ""
     modules = {f"resnet.{module}" for module in BINARIES.values()}
-    launched = script in BINARIES or any(
-        flag == "-m" and module in modules for flag, module in zip(orig_argv, orig_argv[1:])
-    )
+    return script in BINARIES or any(flag == "-m" and module in modules for flag, module in zip(orig_argv, orig_argv[1:]))
+
+
+def is_quiet_binary(argv: list[str], orig_argv: list[str]) -> bool:
+    """Whether this process is one of our binaries started without a verbosity flag (`-v`, `--verbosity`)."""
     verbose = any(arg in ("-v", "--v") or arg.startswith(("--verbosity", "-v=", "--v=")) for arg in argv[1:])
-    return launched and not verbose
+    return launched_as_binary(argv, orig_argv) and not verbose
 
 
 def quiet_binary_start() -> None:
@@ -49,3 +61,25 @@ def quiet_binary_start() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with captured_stderr():  # written back only if the import fails
         import tensorflow  # noqa: F401  (imported here, with its start-up lines captured)
+
+
+def lazy_names(
+    namespace: dict[str, Any], modules: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's `__getattr__` and `__dir__` (PEP 562) that import each public name on first use.
+
+    Args:
+        namespace: The package's `globals()`; a name, once imported, is kept there.
+        modules: Public name -> the module that defines it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in modules:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+        namespace[name] = getattr(importlib.import_module(modules[name]), name)
+        return namespace[name]
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *modules})
+
+    return __getattr__, __dir__

@@ -9,6 +9,10 @@ the run trained with, evaluation runs on one device (no `TF_CONFIG` needed).
 
 from __future__ import annotations
 
+from resnet._startup import quiet_binary_start
+
+quiet_binary_start()  # first, before anything imports TensorFlow; does nothing unless run as a binary
+
 from absl import app, flags
 
 from resnet import cli

@@ -11,6 +11,10 @@ last backup within an epoch), also after the process was killed.
 
 from __future__ import annotations
 
+from resnet._startup import quiet_binary_start
+
+quiet_binary_start()  # first, before anything imports TensorFlow; does nothing unless run as a binary
+
 import os
 import sys
 import time

@@ -1,4 +1,6 @@
-"""The binaries start quiet: TensorFlow's C++ start-up lines appear only with a verbosity flag."""
+"""The binaries start quiet: TensorFlow's C++ start-up lines appear only with a verbosity flag;
+importing the library, even in a process that looks like a binary, leaves the environment and
+file descriptor 2 alone."""
 
 import json
 import os
@@ -44,6 +46,62 @@ def test_captured_stderr_hands_back_the_text_and_writes_it_out_on_an_error(capfd
         os.write(2, b"context of the failure\n")
         raise RuntimeError("failed")
     assert capfd.readouterr().err == "context of the failure\n"
+
+
+# Runs `statements` one by one, then prints the environment and what descriptor 2 is after each.
+PROBE = """\
+import json, os, sys
+
+def state():
+    stderr = os.fstat(2)
+    return {"environ": dict(os.environ), "stderr": [stderr.st_dev, stderr.st_ino], "tensorflow": "tensorflow" in sys.modules}
+
+states = [state()]
+for statement in %r:
+    exec(statement)
+    states.append(state())
+print(json.dumps(states))
+"""
+
+
+def _probe(directory: Path, script: str, statements: list[str]) -> tuple[list[dict], str]:
+    """The states `PROBE` reports, run as `directory/script` with TF_CPP_MIN_LOG_LEVEL unset, and its stderr."""
+    (directory / script).write_text(PROBE % (statements,))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, str(directory / script)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout), result.stderr
+
+
+def _changes(before: dict, after: dict) -> dict:
+    return {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def test_importing_the_library_leaves_the_environment_and_stderr_alone(tmp_path):
+    # What TensorFlow's own import changes (it sets a few variables, TF2_BEHAVIOR and the like).
+    [start, loaded], _ = _probe(tmp_path, "reference.py", ["import tensorflow, keras"])
+    tensorflow_changes = _changes(start["environ"], loaded["environ"])
+    trainer = "import resnet.training.trainer"
+    statements = ["import resnet", "import resnet.export", trainer]
+    observed, expected = {}, {}
+    # A plain process imports the whole API with `import resnet` (TensorFlow's own changes only);
+    # one that looks like a quiet binary (`sys.argv[0]` ends in resnet-train, no -v) imports
+    # nothing heavy until it uses it. Neither touches descriptor 2.
+    for script, first_heavy in (("probe.py", "import resnet"), ("resnet-train", trainer)):
+        states, stderr = _probe(tmp_path, script, statements)
+        loaded = False
+        for statement, before, after in zip(statements, states, states[1:]):
+            observed[script, statement] = {"environment changes": _changes(before["environ"], after["environ"]),
+                                           "same stderr": after["stderr"] == before["stderr"],
+                                           "tensorflow imported": after["tensorflow"]}
+            loaded |= statement == first_heavy
+            expected[script, statement] = {
+                "environment changes": tensorflow_changes if statement == first_heavy else {},
+                "same stderr": True, "tensorflow imported": loaded,
+            }
+        assert "oneDNN custom operations" in stderr  # TensorFlow's start-up lines reached stderr, not captured
+    assert observed == expected
 
 
 @pytest.mark.slow

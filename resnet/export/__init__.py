@@ -6,10 +6,7 @@ classes out, the run's preprocessing inside, every file checked in its own runti
   that load each file in its runtime.
 * `resnet.export.placement`: where an export goes: `--output` checked, built beside it, swapped in.
 * `python -m resnet.export` (`resnet-export`): the binary.
+
+The package itself imports nothing: `python -m resnet.export` imports it before `__main__`,
+whose first line must run before TensorFlow is imported (see `resnet._startup`).
 """
-
-from resnet.export.deploy import FORMATS, QUANTIZATIONS, ExportError
-from resnet.export.placement import check_output
-from resnet.export.serving import export_for_serving
-
-__all__ = ["FORMATS", "QUANTIZATIONS", "ExportError", "check_output", "export_for_serving"]

@@ -13,6 +13,10 @@ export is reported done. Runs on one device whatever strategy the run trained wi
 
 from __future__ import annotations
 
+from resnet._startup import quiet_binary_start
+
+quiet_binary_start()  # first, before anything imports TensorFlow; does nothing unless run as a binary
+
 from absl import app, flags
 
 from resnet import cli
