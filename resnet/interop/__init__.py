@@ -23,30 +23,8 @@ Starting a training run from such weights, and freezing parts of the model, is t
 business: see `resnet.training.finetune`.
 """
 
-from __future__ import annotations
-
-import importlib
-import warnings
-from typing import Any
-
 from resnet.interop.core import LoadReport
 from resnet.interop.keras_applications import load_keras_applications_weights
 from resnet.interop.pytorch import load_torch_state_dict
 
 __all__ = ["LoadReport", "load_keras_applications_weights", "load_torch_state_dict"]
-
-_MOVED_TO_FINETUNE = ("FORMATS", "PretrainedWeights", "freeze", "with_frozen_batch_norm")
-
-
-def __getattr__(name: str) -> Any:
-    # The fine-tuning helpers used to live here. Importing them at the top would make weight
-    # loading (model level) depend on training, against CLI -> training -> data/model; resolving
-    # the old names on first use keeps existing code working without that import.
-    if name in _MOVED_TO_FINETUNE:
-        warnings.warn(
-            f"resnet.interop.{name} moved to resnet.training.finetune.{name}; import it from there.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module("resnet.training.finetune"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ import pytest
 
 import resnet
 from conftest import images, randomize_norms
-from resnet import interop
 from resnet.training import finetune
 
 
@@ -52,11 +51,3 @@ def test_with_frozen_batch_norm_keeps_outputs_and_freezes_statistics():
     assert norms and all(type(n) is resnet.FrozenBatchNorm for n in norms)
     x = images()
     np.testing.assert_allclose(np.asarray(frozen(x, training=True)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5)
-
-
-def test_names_that_moved_from_interop_still_resolve_there():
-    for name in ("FORMATS", "PretrainedWeights", "freeze", "with_frozen_batch_norm"):
-        with pytest.warns(DeprecationWarning, match=rf"resnet.interop.{name} moved to resnet.training.finetune.{name}"):
-            assert getattr(interop, name) is getattr(finetune, name)
-    with pytest.raises(AttributeError, match="has no attribute 'load_weights'"):
-        interop.load_weights
