@@ -130,6 +130,7 @@ def test_label_smoothing_in_training_only(tmp_path):
         ("Trainer.strategy = 'tpu'", r"Trainer.strategy.*'mirrored'.*'tpu'"),
         ("Trainer.batch_size = 0", r"Trainer.batch_size.*>= 1"),
         ("Preprocessing.image_size = 28", r"takes images of shape \(32, 32, 3\).*28x28x3"),
+        ("Trainer.freeze_stages = 9", r"^`Trainer.freeze_stages` must be an integer in \[0, 3\] \(the model has 3 stages\)"),
     ],
 )
 def test_bad_trainer_settings(tmp_path, binding, pattern):
@@ -539,3 +540,11 @@ def test_the_lock_stays_fresh_through_a_long_evaluation_and_the_saves(tmp_path, 
         watcher.join()
     assert len(ages) > 2 * stale_after / 0.05  # watched for more than twice the stale limit
     assert ages and max(ages) < stale_after, max(ages)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_freeze_stages_is_checked_when_the_trainer_is_made(tmp_path, value):
+    from resnet.data.sources import SyntheticData
+
+    with pytest.raises(ValueError, match=rf"^`Trainer.freeze_stages` must be an integer >= 0; received {value!r}"):
+        Trainer(tmp_path, data=SyntheticData(), freeze_stages=value)
