@@ -1,45 +1,20 @@
 """The three binaries end to end, as subprocesses on the real digits data: train, resume, eval, export."""
 
-import csv
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import binaries
+from binaries import ENV, FAST, metrics, run
+
 # Every test here starts the binaries as subprocesses.
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-# A few short epochs of the demo: enough to exercise every file a run writes.
-FAST = [
-    "Trainer.epochs = 2",
-    "Trainer.steps_per_epoch = 4",
-    "Trainer.batch_size = 16",
-    "Trainer.backup_every_steps = 2",
-    "InputPipeline.eval_batch_size = 120",
-]
-
-
-def run(program, *args, params=(), cwd=None, check=True, timeout=600):
-    command = [str(BIN / program), *args, *(f"--gin_param={p}" for p in params)]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def metrics(model_dir):
-    with open(Path(model_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -159,7 +134,7 @@ def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
     model_dir = tmp_path / "killed"
     params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
               "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
-    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
+    command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
     try:
@@ -278,7 +253,7 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
     model_dir = tmp_path / "interrupted"
     params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
               "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
-    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
+    command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         deadline = time.time() + 300

@@ -1,6 +1,5 @@
 """Distribution: replicas that agree, two real workers on one machine, clean failure, sure resumes."""
 
-import csv
 import json
 import os
 import signal
@@ -15,9 +14,7 @@ import pytest
 # Every test here starts TensorFlow subprocesses (strategies fix devices per process).
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-ENV.pop("TF_CONFIG", None)
+from binaries import BIN, ENV, FAST, metrics
 
 SCRIPT = r"""
 import json
@@ -108,11 +105,6 @@ def test_replicas_hold_the_same_normalization_statistics_after_every_step():
     assert report["replica_difference"] == 0.0
 
 
-def metrics(model_dir):
-    with open(Path(model_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def evaluate(model_dir, checkpoint="backup"):
     """resnet-eval of a run, on one device, with no TF_CONFIG."""
     command = [str(BIN / "resnet-eval"), f"--model_dir={model_dir}", f"--checkpoint={checkpoint}"]
@@ -129,10 +121,6 @@ def assert_checkpoint_evaluates_to_its_metrics(model_dir):
     assert results["top1"] == pytest.approx(float(last["val_accuracy"]), abs=1e-9)
 
 
-FAST = [
-    "Trainer.epochs = 2", "Trainer.steps_per_epoch = 4", "Trainer.batch_size = 16",
-    "Trainer.backup_every_steps = 2", "InputPipeline.eval_batch_size = 120",
-]
 
 
 def test_mirrored_training_with_batch_norm_evaluates_to_what_it_recorded(tmp_path):

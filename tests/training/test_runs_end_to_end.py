@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,30 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from binaries import ENV, FAST, command, run
+
 # Every test here runs the binaries as subprocesses or trains a run end to end.
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-FAST = [
-    "Trainer.epochs = 2",
-    "Trainer.steps_per_epoch = 4",
-    "Trainer.batch_size = 16",
-    "Trainer.backup_every_steps = 2",
-    "InputPipeline.eval_batch_size = 120",
-]
-
-
-def command(program, model_dir, params):
-    return [str(BIN / program), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
-
-
-def run(program, model_dir, params=(), check=True, timeout=600):
-    result = subprocess.run(command(program, model_dir, params), capture_output=True, text=True, env=ENV, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{program} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
 
 def snapshot(directory: Path) -> dict:
     """Every file below `directory` with its bytes."""
@@ -54,13 +33,13 @@ def checkpoint_values(path: str) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("identity") / "demo"
-    run("resnet-train", model_dir, FAST)
+    run("resnet-train", f"--model_dir={model_dir}", params=FAST)
     return model_dir
 
 
 def test_rerun_with_another_model_is_refused_and_changes_nothing(finished):
     before = snapshot(finished)
-    result = run("resnet-train", finished, FAST + ["ResNet.stage_blocks = (2, 2, 2)", "Trainer.momentum = 0.5"], check=False)
+    result = run("resnet-train", f"--model_dir={finished}", params=FAST + ["ResNet.stage_blocks = (2, 2, 2)", "Trainer.momentum = 0.5"], check=False)
     assert result.returncode == 2, result.stderr
     assert "ResNet.stage_blocks" in result.stderr and "(3, 3, 3)" in result.stderr and "(2, 2, 2)" in result.stderr
     assert "Trainer.momentum" in result.stderr and "--model_dir" in result.stderr
@@ -76,7 +55,7 @@ def test_rerun_with_another_model_is_refused_and_changes_nothing(finished):
 def test_rerun_may_change_what_resuming_allows(finished, tmp_path):
     copy = tmp_path / "more"
     subprocess.run(["cp", "-r", str(finished), str(copy)], check=True)
-    result = run("resnet-train", copy, [p for p in FAST if not p.startswith("Trainer.epochs")]
+    result = run("resnet-train", f"--model_dir={copy}", params=[p for p in FAST if not p.startswith("Trainer.epochs")]
                  + ["Trainer.epochs = 3", "Trainer.backup_every_steps = 0", "Trainer.progress = 'epoch'"])
     assert "Epoch 3/3" in result.stdout and "Epoch 2/3" not in result.stdout
     assert "Trainer.epochs = 3" in (copy / "operative_config.gin").read_text()
@@ -86,7 +65,7 @@ def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(
     model_dir = tmp_path / "held"
     params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
               "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
-    first = subprocess.Popen(command("resnet-train", model_dir, params), stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(command("resnet-train", f"--model_dir={model_dir}", params=params), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=ENV)
     try:
         deadline = time.time() + 300
@@ -94,7 +73,7 @@ def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(
             assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
             time.sleep(0.05)
         started = time.time()
-        second = run("resnet-train", model_dir, params, check=False)
+        second = run("resnet-train", f"--model_dir={model_dir}", params=params, check=False)
         assert second.returncode == 75, second.stderr  # try again later
         assert "in use" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
         assert time.time() - started < 60
@@ -103,7 +82,7 @@ def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The holder died without releasing its lock: a new run on the same host takes it over.
-    third = run("resnet-train", model_dir, params)
+    third = run("resnet-train", f"--model_dir={model_dir}", params=params)
     assert "Done." in third.stdout
     assert not (model_dir / "run.lock").exists()
 
@@ -161,8 +140,8 @@ def test_runs_with_one_seed_are_bit_identical_and_resume_exactly(tmp_path):
               "Trainer.backup_every_steps = 0", "Trainer.seed = 7", "Trainer.deterministic = True",
               "InputPipeline.eval_batch_size = 360"]
     first, second, killed = tmp_path / "first", tmp_path / "second", tmp_path / "killed"
-    run("resnet-train", first, params)
-    run("resnet-train", second, params)
+    run("resnet-train", f"--model_dir={first}", params=params)
+    run("resnet-train", f"--model_dir={second}", params=params)
     columns = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5")
 
     def table(model_dir):
@@ -172,7 +151,7 @@ def test_runs_with_one_seed_are_bit_identical_and_resume_exactly(tmp_path):
     assert table(first) == table(second) and len(table(first)) == 3
 
     # Killed between epochs (backups only at epoch ends), then resumed: the same weights, bit for bit.
-    process = subprocess.Popen(command("resnet-train", killed, params), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command("resnet-train", f"--model_dir={killed}", params=params), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=ENV)
     try:
         deadline = time.time() + 300
@@ -183,7 +162,7 @@ def test_runs_with_one_seed_are_bit_identical_and_resume_exactly(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert len(table(killed)) < 3
-    result = run("resnet-train", killed, params)
+    result = run("resnet-train", f"--model_dir={killed}", params=params)
     assert "Resuming" in result.stdout
     assert table(killed) == table(first)
     expected = checkpoint_values(tf.train.latest_checkpoint(str(first / "backup")))
