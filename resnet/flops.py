@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
+from resnet._internals import flatten_layers
 from resnet.model import ResNet
 
 
@@ -55,4 +56,4 @@ def count_macs(model: keras.layers.Layer, input_shape: Sequence[int] | None = No
             )
         if tuple(input_shape) != tuple(model.image_shape):
             model = ResNet.from_config({**model.get_config(), "input_shape": list(input_shape)})
-    return sum(_layer_macs(layer) for layer in model._flatten_layers(include_self=True, recursive=True))
+    return sum(_layer_macs(layer) for layer in flatten_layers(model))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from resnet._internals import flatten_layers
 from resnet.layers.conv import Conv2D
 from resnet.layers.normalization import BatchNorm
 from resnet.model import ResNet
@@ -65,7 +66,7 @@ def fold_batch_norm(model: ResNet) -> ResNet:
     variables = {variable.path: variable for variable in folded.weights}
     for variable in model.weights:
         variables[variable.path].assign(variable)
-    for layer in folded._flatten_layers(include_self=True, recursive=True):  # as count_macs walks them
+    for layer in flatten_layers(folded):
         if isinstance(getattr(layer, "convs", None), list) and isinstance(getattr(layer, "norms", None), list):
             for i, (conv, norm) in enumerate(zip(layer.convs, layer.norms)):
                 if _fold(conv, norm):

@@ -7,6 +7,7 @@ import pytest
 
 MODULES = [
     "resnet",
+    "resnet._internals",
     "resnet.config",
     "resnet.flops",
     "resnet.model",

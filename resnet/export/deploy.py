@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet._internals import tflite_missing_ops
 from resnet._stderr import filtered_stderr
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -139,7 +139,7 @@ def _convert(converter: tf.lite.TFLiteConverter) -> bytes:
             return converter.convert()
     except Exception as error:  # the converter raises its own ConverterError, not exported by tf.lite
         message = str(error)
-        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)))
+        ops = tflite_missing_ops(message)
         if ops:
             raise ExportError(
                 f"TFLite's builtin ops cannot run the serving graph: TensorFlow op(s) {', '.join(ops)} have no "

@@ -21,10 +21,11 @@ import uuid
 
 import tensorflow as tf
 
-# How the operating system reports a full disk or an exhausted quota: TensorFlow's file systems
-# pass on only its text (strerror), Python's the error number.
+from resnet._internals import reports_no_space
+
+# How the operating system reports a full disk or an exhausted quota to Python (TensorFlow's file
+# systems pass on only its text: see `resnet._internals.reports_no_space`).
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded")
 
 
 def join(path: str, *parts: str) -> str:
@@ -105,4 +106,4 @@ def is_storage_full(error: BaseException) -> bool:
     """
     if isinstance(error, OSError) and error.errno in _NO_SPACE:
         return True
-    return isinstance(error, (tf.errors.OpError, OSError)) and any(words in str(error) for words in _NO_SPACE_WORDS)
+    return isinstance(error, (tf.errors.OpError, OSError)) and reports_no_space(str(error))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from resnet._internals import variable_checkpoint_key, variable_object_path
 from resnet.validation import first_line, listing
 
 # What reading a damaged checkpoint raises: IndexError for a truncated data file ("Read less bytes
@@ -60,13 +61,13 @@ def check_checkpoint(path: str, model: Mapping[str, tf.Variable], what: str, exa
     """
     reader = tf.compat.v1.train.NewCheckpointReader(path)  # not tf.train.list_variables: it takes a ram:// prefix for a directory
     shapes = reader.get_variable_to_shape_map()
-    expected = {_checkpoint_key(name): (name, tuple(variable.shape)) for name, variable in model.items()}
+    expected = {variable_checkpoint_key("model", name): (name, tuple(variable.shape))
+                for name, variable in model.items()}
     reshaped = sorted(f"{name} {tuple(shapes[key])} in the file, {shape} in the model"
                       for key, (name, shape) in expected.items() if key in shapes and tuple(shapes[key]) != shape)
     missing = sorted(name for key, (name, _) in expected.items() if key not in shapes)
-    prefix, suffix = "model/", "/.ATTRIBUTES/VARIABLE_VALUE"
-    extra = sorted(_variable_name(key) for key in shapes
-                   if exact and key.startswith(prefix) and key.endswith(suffix) and key not in expected)
+    unexpected = [variable_object_path(key) for key in shapes if exact and key not in expected]
+    extra = sorted("/".join(at[1:]) for at in unexpected if at and at[0] == "model" and len(at) > 1)
     problems = [f"{kind.format(len(found))} ({listing(found, 3)})" for kind, found in (
         ("{} variable(s) have other shapes", reshaped), ("it lacks {} variable(s) of the model", missing),
         ("it holds {} variable(s) the model lacks", extra)) if found]
@@ -127,12 +128,3 @@ def restore_model(model: keras.Model, path: str) -> None:
     variables = variables_by_path(model)
     restore_checkpoint(tf.train.Checkpoint(model=variables), path, variables, f"model {model.name!r}", exact=True)
 
-
-def _checkpoint_key(name: str) -> str:
-    """The key `tf.train.Checkpoint(model={name: variable})` stores a variable under."""
-    return "model/" + name.replace(".", "..").replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _variable_name(key: str) -> str:
-    """The variable path of a model variable's checkpoint key (the inverse of `_checkpoint_key`)."""
-    return key[len("model/"):-len("/.ATTRIBUTES/VARIABLE_VALUE")].replace(".S", "/").replace("..", ".")

@@ -18,25 +18,25 @@ of hanging, and leaves the restart to the scheduler:
 * SIGTERM (a preemption notice) to any worker becomes, through `StopSignal`, a stop that every
   worker agrees on at the same step: each saves its backup there and exits with
   `PREEMPTED_EXIT_CODE`. Restarting every worker with the same command resumes the run.
+
+The module keeps one piece of process state, the record of what `setup` set up: TensorFlow fixes
+a process's devices when it runs its first op, so `setup` must know what it chose to return the
+same strategy again, or to refuse other settings clearly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import tensorflow as tf
-from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-from tensorflow.python.distribute import multi_worker_util
-from tensorflow.python.eager import context
 
+from resnet import _internals
 from resnet.validation import check_choice, check_int
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
@@ -51,11 +51,6 @@ PREEMPTED_EXIT_CODE = 42
 `PreemptionCheckpointHandler`): restart all workers with the same command to resume."""
 
 _COORDINATED_JOBS = ("chief", "worker")
-_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
-# TensorFlow lists the tasks it lost after these words.
-_LISTED_TASKS = re.compile(r"(?:stopped sending heartbeats\)|timed out task names):((?:\s*/job:[\w:/]+)+)")
-# The peer an RPC failed to reach.
-_REMOTE_TASK = re.compile(r"remote target (/job:\w+/(?:replica:\d+/)?task:\d+)")
 # Errors a failed collective or the coordination service raises when a worker is gone.
 _CLUSTER_ERRORS = (
     tf.errors.UnavailableError,
@@ -65,15 +60,21 @@ _CLUSTER_ERRORS = (
     tf.errors.InternalError,
     tf.errors.FailedPreconditionError,
 )
-# Words of TensorFlow's messages about the cluster (a data error may also be "Unavailable").
-_CLUSTER_WORDS = re.compile(
-    r"Collective ops is aborted|remote target /job:|[Cc]oordination ?[Ss]ervice|stopped sending heartbeats|"
-    r"Barrier timed out"
-)
-_PEER_PROBE_MS = 2000
+_PEER_PROBE_TIMEOUT = 2.0  # seconds
+# The attribute of a strategy that keeps `agree`'s traced function for it.
+_GATHER_ATTRIBUTE = "resnet_gather"
 
-# The strategies set up in this process, by (name, logical_cpus, cluster_timeout or None).
-_strategies: dict[tuple[str, int | None, float | None], tf.distribute.Strategy] = {}
+
+class _Devices(NamedTuple):
+    """What `setup` set up: its settings (strategy, logical_cpus, cluster_timeout or None) and strategy."""
+
+    settings: tuple[str, int | None, float | None]
+    strategy: tf.distribute.Strategy
+
+
+# This process's devices as `setup` last set them up, None before: once TensorFlow has run an op
+# they cannot change, and `setup` checks every later call against this record.
+_devices: _Devices | None = None
 
 
 class ClusterError(RuntimeError):
@@ -133,8 +134,9 @@ def setup(
       not all joined within `cluster_timeout` seconds.
 
     Call it before any other TensorFlow op of the process: TensorFlow fixes its devices and
-    collective runtime when it runs the first op, so once that happened a call with other
-    arguments raises `ValueError`; a call with the same arguments returns the same strategy.
+    collective runtime when it runs the first op. The process keeps one record of what `setup`
+    set up: a call with the same arguments returns the same strategy; one with other arguments
+    sets the devices up anew while no op has run, and raises `ValueError` after.
 
     Args:
         strategy: One of `STRATEGIES`.
@@ -159,18 +161,19 @@ def setup(
     if logical_cpus is not None:
         check_int("Trainer.logical_cpus", logical_cpus)
     check_cluster_timeout(cluster_timeout)
+    global _devices
     multi_worker = strategy == "multi_worker_mirrored"
-    key = (strategy, logical_cpus, float(cluster_timeout) if multi_worker else None)
-    if key in _strategies:
-        return _strategies[key]
-    if _strategies and _devices_initialized():
-        earlier = next(iter(_strategies))
+    settings = (strategy, logical_cpus, float(cluster_timeout) if multi_worker else None)
+    if _devices is not None and _devices.settings == settings:
+        return _devices.strategy
+    if _devices is not None and _internals.devices_initialized():
+        earlier = _devices.settings
         raise ValueError(
             f"Devices are already set up in this process for `Trainer.strategy`={earlier[0]!r}, "
             f"`Trainer.logical_cpus`={earlier[1]!r}; they cannot change to {strategy!r}, {logical_cpus!r} "
             "(start a new process)."
         )
-    if multi_worker and _devices_initialized():
+    if multi_worker and _internals.devices_initialized():
         raise ValueError(
             "`Trainer.strategy`='multi_worker_mirrored' must be set up before any other TensorFlow "
             "op runs in the process."
@@ -184,13 +187,8 @@ def setup(
         created = tf.distribute.MirroredStrategy([d.name for d in devices])
     else:
         created = _join_cluster(float(cluster_timeout))
-    _strategies[key] = created
+    _devices = _Devices(settings, created)
     return created
-
-
-def _devices_initialized() -> bool:
-    """Whether TensorFlow has fixed its devices (it does when it first runs an op)."""
-    return context.context()._initialized  # pylint: disable=protected-access
 
 
 def _join_cluster(timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
@@ -218,19 +216,14 @@ def _join_cluster(timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
             flush=True,
         )
     # Configured before the strategy, which then keeps it: without a registration barrier and
-    # timeout, a worker whose peers never start waits forever.
-    context.context().configure_coordination_service(
-        service_type="standalone",
-        service_leader=multi_worker_util.coordination_leader(cluster),
-        cluster_register_timeout_in_ms=int(timeout * 1000),
-        heartbeat_timeout_in_ms=int(HEARTBEAT_TIMEOUT * 1000),
-        coordinated_jobs=[
-            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
-            for job in _COORDINATED_JOBS
-            if job in cluster.jobs
-        ],
+    # timeout, a worker whose peers never start waits forever. The service runs on the first chief,
+    # else the first worker (TensorFlow's choice for a cluster without parameter servers).
+    _internals.configure_coordination_service(
+        leader=f"/job:{'chief' if 'chief' in cluster.jobs else 'worker'}/replica:0/task:0",
+        jobs={job: cluster.num_tasks(job) for job in _COORDINATED_JOBS if job in cluster.jobs},
+        register_timeout=timeout,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
     )
-    context.context().coordination_service.cluster_register_with_barrier = True
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     except _CLUSTER_ERRORS as error:
@@ -254,18 +247,10 @@ def _describe(cluster: tf.train.ClusterSpec, job: str, index: int) -> str:
 
 def _named_tasks(message: str, me: tuple[str, int]) -> list[tuple[str, int]]:
     """The peers `message` (from TensorFlow) says are lost, in order, without duplicates."""
-    listed = _LISTED_TASKS.search(message)
-    remote = _REMOTE_TASK.search(message)
-    if listed:
-        found = _TASK.findall(listed.group(1))
-    elif remote:
-        # Each worker relaying the error appends its own "remote target": the first is the source.
-        found = [_TASK.match(remote.group(1)).groups()]
-    else:
-        found = []
     tasks = []
-    for job, index in found:
-        task = (job, int(index))
+    for name in _internals.lost_tasks(message):
+        device = tf.DeviceSpec.from_string(name)
+        task = (device.job, device.task)
         if task != me and task not in tasks:
             tasks.append(task)
     return tasks
@@ -279,7 +264,7 @@ def _unreachable_peers(strategy: tf.distribute.Strategy) -> list[tuple[str, int]
         if (job, index) == (resolver.task_type, resolver.task_id):
             continue
         try:
-            context.context().check_collective_ops_peer_health(f"/job:{job}/replica:0/task:{index}", _PEER_PROBE_MS)
+            _internals.check_peer_health(f"/job:{job}/replica:0/task:{index}", _PEER_PROBE_TIMEOUT)
         except (tf.errors.UnavailableError, tf.errors.FailedPreconditionError, tf.errors.DeadlineExceededError):
             lost.append((job, index))
     return lost
@@ -316,7 +301,7 @@ def cluster_error(error: BaseException, strategy: tf.distribute.Strategy) -> Clu
     if not is_multi_worker(strategy) or not isinstance(error, _CLUSTER_ERRORS):
         return None
     message = str(error)
-    if not _CLUSTER_WORDS.search(message):
+    if not _internals.is_cluster_message(message):
         return None
     resolver = strategy.cluster_resolver
     cluster = resolver.cluster_spec()
@@ -398,7 +383,9 @@ def agree(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
     """The smallest and largest of `value` over all workers.
 
     Every worker must call it at the same point (it is a collective). In a single process the
-    replicas share the value, so no communication happens.
+    replicas share the value, so no communication happens. The function that gathers the values
+    is traced on first use and kept on the strategy, in its attribute `resnet_gather`: it runs on
+    that strategy and lives as long as it does.
 
     Args:
         strategy: The strategy the workers run under.
@@ -413,21 +400,18 @@ def agree(strategy: tf.distribute.Strategy, value: int) -> tuple[int, int]:
     """
     if not is_multi_worker(strategy):
         return value, value
-    gathered = _gatherer(strategy)(tf.constant([value], tf.int64)).numpy()
+    gather = getattr(strategy, _GATHER_ATTRIBUTE, None)
+    if gather is None:
+
+        @tf.function
+        def gather(local: tf.Tensor) -> tf.Tensor:
+            # The identity puts the value on the replica's device (collectives need one).
+            gathered = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(tf.identity(local), axis=0))
+            return strategy.experimental_local_results(gathered)[0]
+
+        setattr(strategy, _GATHER_ATTRIBUTE, gather)
+    gathered = gather(tf.constant([value], tf.int64)).numpy()
     return int(gathered.min()), int(gathered.max())
-
-
-@functools.cache
-def _gatherer(strategy: tf.distribute.Strategy) -> tf.types.experimental.PolymorphicFunction:
-    """A function gathering one int64 per replica (one traced function per strategy)."""
-
-    @tf.function
-    def gather(value: tf.Tensor) -> tf.Tensor:
-        # The identity puts the value on the replica's device (collectives need one).
-        gathered = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(tf.identity(value), axis=0))
-        return strategy.experimental_local_results(gathered)[0]
-
-    return gather
 
 
 class OtherWorkerFailed(ValueError):

@@ -6,6 +6,7 @@ import pytest
 
 import resnet
 from conftest import images, trainable_count
+from resnet._internals import flatten_layers
 
 NORM_CLASSES = {
     "batch": resnet.BatchNorm,
@@ -17,7 +18,7 @@ NORM_CLASSES = {
 
 
 def _norm_layers(model):
-    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.Layer) and type(l) in NORM_CLASSES.values()]
+    return [l for l in flatten_layers(model) if isinstance(l, keras.layers.Layer) and type(l) in NORM_CLASSES.values()]
 
 
 @pytest.mark.parametrize("name", sorted(NORM_CLASSES))
@@ -37,7 +38,7 @@ def test_norm_swaps_by_class_reference():
 def test_no_norm_gives_biased_convs_with_auto_bias():
     model = resnet.build("cifar/resnet20", ["ResNet.norm = 'none'", "ResNet.use_bias = 'auto'"])
     assert not _norm_layers(model)
-    assert all(c.use_bias for c in model._flatten_layers() if isinstance(c, resnet.Conv2D))
+    assert all(c.use_bias for c in flatten_layers(model) if isinstance(c, resnet.Conv2D))
 
 
 def test_momentum_and_epsilon_are_bindable():

@@ -9,6 +9,7 @@ import pytest
 
 import resnet
 from conftest import images, randomize_norms
+from resnet._internals import flatten_layers
 from resnet.training import finetune
 
 
@@ -47,7 +48,7 @@ def test_with_frozen_batch_norm_keeps_outputs_and_freezes_statistics():
     model = resnet.build("cifar/resnet20")
     randomize_norms(model)
     frozen = finetune.with_frozen_batch_norm(model)
-    norms = [l for l in frozen._flatten_layers() if isinstance(l, resnet.BatchNorm)]
+    norms = [l for l in flatten_layers(frozen) if isinstance(l, resnet.BatchNorm)]
     assert norms and all(type(n) is resnet.FrozenBatchNorm for n in norms)
     x = images()
     np.testing.assert_allclose(np.asarray(frozen(x, training=True)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5)

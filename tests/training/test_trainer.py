@@ -11,6 +11,7 @@ import tensorflow as tf
 import resnet
 from conftest import marked_slow, torchvision_resnet18_state
 from resnet import config
+from resnet._internals import flatten_layers
 from resnet.training.checkpoints import variables_by_path
 from resnet.training.errors import StorageFull, TrainingDiverged, TrainingInterrupted
 from resnet.training.run_directory import RunDirectory
@@ -85,7 +86,7 @@ def test_decayed_variables_are_conv_and_dense_kernels(tmp_path):
     names = {v.path for v in decayed_kernels(trainer.model)}
     assert "classifier/kernel" in names and "stem/conv1/kernel" in names
     assert not any(n.endswith(("gamma", "beta", "bias")) for n in names)
-    convs = [l for l in trainer.model._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+    convs = [l for l in flatten_layers(trainer.model) if isinstance(l, keras.layers.Conv2D)]
     assert len(names) == len(convs) + 1
 
 
