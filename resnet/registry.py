@@ -6,7 +6,8 @@ Every public class is registered three ways by `register`:
   model reloads without `custom_objects`;
 * with gin, under its class name, *without* decorating the class. `gin.register` hands gin a
   dynamic subclass whose metaclass injects the bindings and then builds an instance of the
-  original class, so Keras still sees the real constructor signature;
+  original class, so Keras still sees the real constructor signature. That subclass,
+  `gin.get_configurable(cls)`, is what gin passes for a reference `@BottleneckBlock`;
 * in a per-kind table (`block`, `shortcut`, `stem`, `norm`), so a constructor argument such as
   `block="bottleneck"`, `block=BottleneckBlock` or gin's `@BottleneckBlock` all name the same class.
 
@@ -18,19 +19,23 @@ recursively. Stored in `get_config`, a complete spec rebuilds the same layer wha
 bindings are active when the model is loaded. An owner's settings (`overrides`: the norm a
 ResNet imposes on every block) win over gin; an explicit spec value must equal them, so a spec
 that says otherwise (an edited `.keras` config, say) is refused rather than silently overridden.
+The spec lists the arguments its owner set under `"set_by_owner"` (omitted when there are none),
+and keeps that list when it is resolved again (by a `ResidualStage` the ResNet passes it to).
 
 `build_from_spec` constructs a layer through its gin configurable. Arguments whose spec value is
 the one gin would supply anyway (its binding, or the default) are left to gin, which records them
 in `gin.operative_config_str()` as it does for any configurable it calls; every other value is
-passed explicitly. So the operative config lists what nested layers used
-(`BottleneckBlock.groups = 32`), and a spec still builds exactly the layer it describes.
+passed explicitly, and so is every argument the spec says its owner set. So the operative config
+lists what nested layers used (`BottleneckBlock.groups = 32`), and only that: what a spec leaves
+to gin depends on the spec alone, not on what else the process built before. A spec still builds
+exactly the layer it describes.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import gin
@@ -40,10 +45,12 @@ KINDS = ("block", "shortcut", "stem", "norm")
 
 # kind -> {alias or class name -> class}
 _TABLES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+# registered class -> its gin configurable (what a gin reference `@Name` passes)
+_CONFIGURABLES: dict[type, type] = {}
 # Arguments that are layer bookkeeping, never part of a spec.
 _BOOKKEEPING = ("self", "name", "dtype", "trainable")
-# class -> arguments some owner has set on it through `resolve_spec(overrides=...)` in this process.
-_SET_BY_OWNERS: dict[type, set[str]] = {}
+# The key of a spec that lists the arguments its owner set.
+SET_BY_OWNER = "set_by_owner"
 
 
 def register(kind: str | None = None, *aliases: str):
@@ -67,6 +74,8 @@ def register(kind: str | None = None, *aliases: str):
     def decorator(cls: type) -> type:
         keras.saving.register_keras_serializable(package="resnet")(cls)
         gin.register(cls, module="resnet", allowlist=list(constructor_parameters(cls)))
+        with gin.config_scope(None):  # the unscoped configurable, whatever scope is active
+            _CONFIGURABLES[cls] = gin.get_configurable(cls)
         if kind is not None:
             for alias in (cls.__name__, *aliases):
                 _TABLES[kind][alias] = cls
@@ -97,8 +106,9 @@ def lookup(kind: str, value: Any, argument: str) -> type:
     """Returns the registered class of `kind` named or given by `value`.
 
     Accepts a name (alias or class name) or a registered class, including classes users
-    register with `register(kind)`, and gin's `@BottleneckBlock` (a dynamic subclass gin makes
-    to inject bindings). An unregistered subclass is refused rather than mistaken for its base.
+    register with `register(kind)`, and gin's `@BottleneckBlock` (the class's gin configurable,
+    a dynamic subclass gin makes to inject bindings). An unregistered subclass is refused rather
+    than mistaken for its base.
     """
     table = _TABLES[kind]
     if isinstance(value, str):
@@ -109,14 +119,7 @@ def lookup(kind: str, value: Any, argument: str) -> type:
         )
     if inspect.isclass(value):
         registered = table.get(value.__name__)
-        if registered is value:
-            return value
-        # gin's `@Name` reference: a dynamic subclass that copies the class's name and module.
-        if (
-            registered is not None
-            and value.__bases__ == (registered,)
-            and (value.__module__, value.__qualname__) == (registered.__module__, registered.__qualname__)
-        ):
+        if registered is not None and value in (registered, _CONFIGURABLES[registered]):
             return registered
         raise ValueError(
             f"`{argument}` received class {value.__module__}.{value.__qualname__}, which is not a "
@@ -191,8 +194,9 @@ def resolve_spec(
 
     Args:
         kind: One of `KINDS`.
-        value: A name, class, or dict with `class_name` and optional `config`. For norms,
-            `None` or `"none"` means no normalization and resolves to None.
+        value: A name, class, or dict with `class_name`, optional `config` and optional
+            `set_by_owner` (as a resolved spec has it). For norms, `None` or `"none"` means no
+            normalization and resolves to None.
         argument: The argument name reported in errors, e.g. `"BottleneckBlock.norm"`.
         overrides: Values the owner imposes (e.g. the network-wide norm a ResNet passes to
             its blocks); gin may not bind them on the class, and they are never recorded in
@@ -203,7 +207,8 @@ def resolve_spec(
             by default "bind `Owner.argument`".
 
     Returns:
-        The complete spec, or None for "no normalization".
+        The complete spec, or None for "no normalization". Its `set_by_owner` lists, sorted,
+        the arguments of `overrides` and those `value` already listed.
 
     Raises:
         ValueError: An unknown class or argument, a binding of what the owner sets, or an
@@ -212,10 +217,12 @@ def resolve_spec(
     if kind == "norm" and (value is None or value == "none"):
         return None
     explicit: dict[str, Any] = {}
+    set_by_owner: Any = []
     if isinstance(value, Mapping):
         if "class_name" not in value:
             raise ValueError(f"`{argument}` spec dicts need a 'class_name' key; received {dict(value)!r}.")
         explicit = dict(value.get("config") or {})
+        set_by_owner = value.get(SET_BY_OWNER, [])
         value = value["class_name"]
     cls = lookup(kind, value, argument)
     params = constructor_parameters(cls)
@@ -228,13 +235,17 @@ def resolve_spec(
             f"`{argument}` gives {cls.__name__} unknown argument(s) {unknown}; "
             f"allowed: {spec_params}."
         )
+    if not isinstance(set_by_owner, (list, tuple)) or not all(arg in spec_params for arg in set_by_owner):
+        raise ValueError(
+            f"`{argument}` spec's {SET_BY_OWNER!r} must list arguments of {cls.__name__} ({spec_params}); "
+            f"received {set_by_owner!r}."
+        )
     _check_overrides(cls, kind, explicit, overrides or {}, argument, owner or "the owner", hints or {})
     bound = gin_bindings(cls)
     check_unbound(cls, owner_args, getattr(cls, "owner", "its owner"))
     overridden = set(overrides or {}) - set(explicit)
     if overridden:
         check_unbound(cls, overridden, owner or "the owner")
-    _SET_BY_OWNERS.setdefault(cls, set()).update(overrides or {})
 
     config: dict[str, Any] = {}
     for param in spec_params:
@@ -252,7 +263,9 @@ def resolve_spec(
     for param, sub_kind in getattr(cls, "spec_args", {}).items():
         if param in config:
             config[param] = resolve_spec(sub_kind, config[param], f"{cls.__name__}.{param}")
-    return {"class_name": cls.__name__, "config": serialize_value(config)}
+    spec = {"class_name": cls.__name__, "config": serialize_value(config)}
+    set_by_owner = sorted({*set_by_owner, *(overrides or {})})
+    return {**spec, SET_BY_OWNER: set_by_owner} if set_by_owner else spec
 
 
 def _check_overrides(
@@ -316,12 +329,13 @@ def build_from_spec(kind: str, spec: Mapping[str, Any], **instance_args: Any) ->
     """Instantiates a resolved spec, adding the per-instance arguments its owner sets.
 
     The layer is built through its gin configurable. Spec values that gin would supply anyway
-    (the binding, or the default) are left to gin, which records them in the operative config;
-    every other value is passed explicitly, so the layer is the spec whatever gin binds.
+    (the binding, or the default) are left to gin, which records them in the operative config,
+    unless the spec's owner set them; every other value is passed explicitly, so the layer is the
+    spec whatever gin binds.
     """
     cls = spec_class(kind, spec)
     config = spec["config"]
-    left_to_gin = _supplied_by_gin(cls, config)
+    left_to_gin = _supplied_by_gin(cls, config, spec.get(SET_BY_OWNER, ()))
     # Arguments outside the spec are passed too (the owner's, or else their defaults): gin must
     # neither inject a binding of, say, `trainable`, which specs ignore, nor record a default.
     fixed = {
@@ -333,19 +347,19 @@ def build_from_spec(kind: str, spec: Mapping[str, Any], **instance_args: Any) ->
     return gin.get_configurable(cls)(**explicit, **fixed, **instance_args)
 
 
-def _supplied_by_gin(cls: type, config: Mapping[str, Any]) -> set[str]:
+def _supplied_by_gin(cls: type, config: Mapping[str, Any], set_by_owner: Collection[str]) -> set[str]:
     """The arguments in `config` whose value gin would supply itself: bound to it, or the default.
 
-    Arguments an owner sets through `resolve_spec(overrides=...)` are never among them: recorded
-    on the class, they would be bindings that `resolve_spec` refuses when the operative config is
-    parsed back. A value gin would supply differently, or could not compare, is not either.
+    Arguments the spec's owner set (`set_by_owner`) are never among them: recorded on the class,
+    they would be bindings that `resolve_spec` refuses when the operative config is parsed back.
+    A value gin would supply differently, or could not compare, is not either.
     """
     params = constructor_parameters(cls)
     bound = gin_bindings(cls)
     spec_args = getattr(cls, "spec_args", {})
     supplied = set()
     for param, value in config.items():
-        if param not in params or param in _SET_BY_OWNERS.get(cls, ()):
+        if param not in params or param in set_by_owner:
             continue
         gin_value = bound[param] if param in bound else params[param].default
         if gin_value is inspect.Parameter.empty:

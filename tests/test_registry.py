@@ -49,6 +49,36 @@ def test_explicit_values_that_differ_from_the_owners_are_refused_and_equal_ones_
                      overrides={"preact": False}, owner="ResNet", hints={"preact": "`ResNet.preact` decides"})
 
 
+def test_specs_list_what_their_owner_set_and_keep_it_when_resolved_again():
+    spec = resolve_spec("block", "basic", "ResNet.block", overrides={"activation": "relu", "padding": "same"},
+                        owner="ResNet")
+    assert spec["set_by_owner"] == ["activation", "padding"]
+    again = resolve_spec("block", spec, "ResidualStage.block")  # as the stage the ResNet passes it to
+    assert again == spec
+    assert resolve_spec("block", spec, "ResNet.block", overrides={"norm": "batch"}, owner="ResNet")["set_by_owner"] == [
+        "activation", "norm", "padding"]
+    assert "set_by_owner" not in resolve_spec("block", "basic", "block")
+    with pytest.raises(ValueError, match=re.escape(
+            "`ResNet.block` spec's 'set_by_owner' must list arguments of BasicBlock (['groups', ")) as caught:
+        resolve_spec("block", {"class_name": "basic", "set_by_owner": ["filters"]}, "ResNet.block")
+    assert str(caught.value).endswith("; received ['filters'].")
+    with pytest.raises(ValueError, match=r"received 'norm'\.$"):
+        resolve_spec("block", {"class_name": "basic", "set_by_owner": "norm"}, "ResNet.block")
+
+
+def test_what_the_owner_set_is_passed_explicitly_not_left_to_gin():
+    """A block whose spec says its owner set `norm` and `activation` does not record them as its
+    own in the operative config, even where they equal gin's values; the same spec without the
+    list records them (what a spec leaves to gin depends on the spec alone)."""
+    owned = resolve_spec("block", "basic", "ResNet.block", overrides={"activation": "relu"}, owner="ResNet")
+    _build_block(owned)
+    operative = gin.operative_config_str()
+    assert "BasicBlock.activation" not in operative and "BasicBlock.groups = 1" in operative
+    gin.clear_config()
+    _build_block(resolve_spec("block", "basic", "block"))
+    assert "BasicBlock.activation = 'relu'" in gin.operative_config_str()
+
+
 def test_serialized_values_carry_no_keras_sharing_marks():
     """Within a save or load Keras marks a config whose object's id it saw before, and the earlier
     config too, in place; stored values must not change after the fact."""
@@ -74,6 +104,9 @@ def test_gin_reference_resolves_to_the_registered_class():
     stage = gin.get_configurable(resnet.ResidualStage)(num_blocks=1, filters=8)
     stage(keras.ops.ones((1, 8, 8, 8)))  # builds the blocks
     assert type(stage.blocks[0]) is resnet.BasicBlock and stage.block["class_name"] == "BasicBlock"
+    with gin.config_scope("backbone"):  # gin passes the same class, unscoped, within a scope
+        stage = gin.get_configurable(resnet.ResidualStage)(num_blocks=1, filters=8)
+    assert stage.block["class_name"] == "BasicBlock"
 
 
 def test_unregistered_class_is_explained():

@@ -258,3 +258,19 @@ def test_files_saved_without_the_weights_record_still_load(resnet20_file, tmp_pa
     x = images()
     np.testing.assert_array_equal(np.asarray(keras.models.load_model(old)(x)),
                                   np.asarray(keras.models.load_model(resnet20_file)(x)))
+
+
+def test_files_saved_before_specs_listed_what_their_owner_set_still_load(resnet20_file, tmp_path):
+    """Stored specs now list the arguments the ResNet set (`set_by_owner`); files without the
+    lists load into the same network and config."""
+    def forget_owners(config):
+        for section in ("block", "stem"):
+            assert config[section].pop(resnet.registry.SET_BY_OWNER)
+
+    old = keras.models.load_model(edited_copy(resnet20_file, tmp_path, forget_owners))
+    current = keras.models.load_model(resnet20_file)
+    assert old.get_config() == current.get_config()
+    assert old.block[resnet.registry.SET_BY_OWNER] == sorted(
+        ["activation", "kernel_initializer", "kernel_regularizer", "norm", "padding", "preact", "use_bias"])
+    x = images()
+    np.testing.assert_array_equal(np.asarray(old(x)), np.asarray(current(x)))
