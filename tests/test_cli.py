@@ -14,8 +14,9 @@ from resnet.training.run_lock import RunDirectoryLocked
 
 @pytest.fixture(autouse=True)
 def parsed_flags():
+    # As absl's app.run leaves them (without validating the flags of binaries other tests imported).
     if not flags.FLAGS.is_parsed():
-        flags.FLAGS(["test"])
+        flags.FLAGS.mark_as_parsed()
 
 
 def outcome(error: BaseException, capsys) -> tuple[int, str]:
