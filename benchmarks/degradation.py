@@ -51,7 +51,9 @@ def net_names(depth: int) -> tuple[str, str]:
 
 def blocks_per_stage(depth: int) -> int:
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"`--depths` must hold depths of the form 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); received {depth}.")
+        raise ValueError(
+            f"`--depths` must hold depths of the form 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); received {depth}."
+        )
     return (depth - 2) // 6
 
 
@@ -99,8 +101,11 @@ def train_net(name: str, depth: int, files: list[str], bindings: list[str]) -> d
         trainer.setup_process()
         trainer.build()
         parameters = sum(int(math.prod(w.shape)) for w in trainer.model.trainable_weights)
-        print(f"\n{name}: {parameters:,} trainable parameters, {trainer.epochs} epochs of {trainer.steps} steps "
-              f"on {trainer.data.name}", flush=True)
+        print(
+            f"\n{name}: {parameters:,} trainable parameters, {trainer.epochs} epochs of {trainer.steps} steps "
+            f"on {trainer.data.name}",
+            flush=True,
+        )
         started = time.time()
         trainer.train()
     with open(os.path.join(model_dir, "metrics.csv")) as f:
@@ -153,8 +158,10 @@ def write_table(path: str, final: dict, holds: dict, settings: dict) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, entry in final.items():
-        lines.append(f"| {name} | {entry['parameters']:,} | {entry['train_error']:.2f} | {entry['test_error']:.2f} "
-                     f"| {entry['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {entry['parameters']:,} | {entry['train_error']:.2f} | {entry['test_error']:.2f} "
+            f"| {entry['seconds']:.0f} |"
+        )
     lines += ["", "| the paper's ordering | holds here |", "|---|---|"]
     for claim, value in holds.items():
         lines.append(f"| {claim.replace('_', ' ')} | {'yes' if value else 'no'} |")
@@ -202,7 +209,12 @@ def main(argv):
     if len(depths) < 2:
         raise ValueError(f"`--depths` needs at least two depths to compare; received {FLAGS.depths}.")
     files, bindings = recipe()
-    settings = {"data": "cifar10" if FLAGS.data_dir else "digits", "files": files, "bindings": bindings, "depths": depths}
+    settings = {
+        "data": "cifar10" if FLAGS.data_dir else "digits",
+        "files": files,
+        "bindings": bindings,
+        "depths": depths,
+    }
     check_settings(settings)
 
     import keras
@@ -213,17 +225,32 @@ def main(argv):
         for depth in depths:
             name = net_names(depth)[kind]
             curves[name] = train_net(name, depth, files, bindings)
-    final = {name: {"parameters": c["parameters"], "train_error": c["train_error"][-1], "test_error": c["test_error"][-1],
-                    "seconds": c["seconds"]} for name, c in curves.items()}
+    final = {
+        name: {
+            "parameters": c["parameters"],
+            "train_error": c["train_error"][-1],
+            "test_error": c["test_error"][-1],
+            "seconds": c["seconds"],
+        }
+        for name, c in curves.items()
+    }
     holds = orderings(final, depths)
     settings["epochs"] = curves[next(iter(curves))]["epoch"][-1]
     settings["seed"] = FLAGS.seed
     table = write_table(os.path.join(FLAGS.output_dir, "degradation.md"), final, holds, settings)
-    plot(os.path.join(FLAGS.output_dir, "degradation.png"), curves, depths,
-         "CIFAR-10" if FLAGS.data_dir else "the scikit-learn digits")
+    plot(
+        os.path.join(FLAGS.output_dir, "degradation.png"),
+        curves,
+        depths,
+        "CIFAR-10" if FLAGS.data_dir else "the scikit-learn digits",
+    )
     results = {
-        "settings": settings, "final": final, "ordering_holds": holds, "curves": curves,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}, "cores": os.cpu_count(),
+        "settings": settings,
+        "final": final,
+        "ordering_holds": holds,
+        "curves": curves,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "cores": os.cpu_count(),
     }
     with open(os.path.join(FLAGS.output_dir, "degradation.json"), "w") as f:
         json.dump(results, f, indent=2)

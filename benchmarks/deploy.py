@@ -46,17 +46,24 @@ from resnet.export import deploy
 from resnet.export.serving import CALIBRATION_IMAGES, calibration_batches
 
 flags.DEFINE_list("configs", ["cifar/resnet56", "resnet50"], "Shipped config names or .gin files to measure.")
-flags.DEFINE_integer("image_size", None, "Side of the network's input (the crop); default 32 for cifar/* configs, "
-                     "224 for the others.", lower_bound=1)
+flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Side of the network's input (the crop); default 32 for cifar/* configs, 224 for the others.",
+    lower_bound=1,
+)
 flags.DEFINE_integer("batch_size", 32, "Images per call for the throughput (N).", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Timed calls of batch N per repeat (and as many images one by one).", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed repeats per format (the formats take turns).", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed calls of each batch size per format before timing.", lower_bound=0)
-flags.DEFINE_integer("calibration_images", 64, "Random images calibrating the int8 models of --configs.",
-                     lower_bound=1)
+flags.DEFINE_integer("calibration_images", 64, "Random images calibrating the int8 models of --configs.", lower_bound=1)
 flags.DEFINE_string("demo_run", None, "A resnet-train model_dir: also measure its eval accuracy in each format.")
-flags.DEFINE_integer("demo_calibration_images", CALIBRATION_IMAGES,
-                     "Training images calibrating the --demo_run int8 model (resnet-export's default).", lower_bound=1)
+flags.DEFINE_integer(
+    "demo_calibration_images",
+    CALIBRATION_IMAGES,
+    "Training images calibrating the --demo_run int8 model (resnet-export's default).",
+    lower_bound=1,
+)
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 FLAGS = flags.FLAGS
 
@@ -139,8 +146,10 @@ def measure(config: str) -> dict:
     preprocessing = preprocessing_for(config)
     size = preprocessing.serving_size
     batch, steps = FLAGS.batch_size, FLAGS.steps
-    progress(f"{config}: {size[0]}x{size[1]} uint8 images, {preprocessing.recipe!r} preprocessing "
-             f"({preprocessing.image_size}x{preprocessing.image_size} network input)")
+    progress(
+        f"{config}: {size[0]}x{size[1]} uint8 images, {preprocessing.recipe!r} preprocessing "
+        f"({preprocessing.image_size}x{preprocessing.image_size} network input)"
+    )
     model = resnet.build(config)
     vary_norms(model)
     model = resnet.fold_batch_norm(model)  # what resnet-export serves
@@ -148,8 +157,13 @@ def measure(config: str) -> dict:
     calibration = rng.integers(0, 256, (FLAGS.calibration_images, *size, 3), dtype=np.uint8)
     images = rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as directory:
-        files = export(model, deploy.serving_function(model, preprocessing), size,
-                       lambda: np.split(calibration, len(calibration)), directory)
+        files = export(
+            model,
+            deploy.serving_function(model, preprocessing),
+            size,
+            lambda: np.split(calibration, len(calibration)),
+            directory,
+        )
         # A runner per batch size: a TFLite interpreter reallocates its tensors whenever the batch
         # size changes, which a server with a fixed batch size never does.
         runners = {name: (make(), make()) for name, (make, _) in files.items()}
@@ -163,24 +177,34 @@ def measure(config: str) -> dict:
             for name, (one, many) in runners.items():
                 seconds[name][0].append(seconds_per_image(one, images[:1], steps * batch))
                 seconds[name][1].append(seconds_per_image(many, images, steps))
-            progress(f"  repeat {repeat + 1}/{FLAGS.repeats}: " + ", ".join(
-                f"{name} {1000 * one[-1]:.2f} ms, {1 / many[-1]:.1f} img/s" for name, (one, many) in seconds.items()))
+            progress(
+                f"  repeat {repeat + 1}/{FLAGS.repeats}: "
+                + ", ".join(
+                    f"{name} {1000 * one[-1]:.2f} ms, {1 / many[-1]:.1f} img/s" for name, (one, many) in seconds.items()
+                )
+            )
     formats = {}
     for name, (one, many) in seconds.items():
         latency, rate = [1000 * s for s in one], [1 / s for s in many]
         formats[name] = {
             "latency_ms_batch1": round(statistics.median(latency), 3),
-            "latency_ms_batch1_min": round(min(latency), 3), "latency_ms_batch1_max": round(max(latency), 3),
+            "latency_ms_batch1_min": round(min(latency), 3),
+            "latency_ms_batch1_max": round(max(latency), 3),
             "images_per_second": round(statistics.median(rate), 2),
-            "images_per_second_min": round(min(rate), 2), "images_per_second_max": round(max(rate), 2),
+            "images_per_second_min": round(min(rate), 2),
+            "images_per_second_max": round(max(rate), 2),
             "size_mb": round(files[name][1] / 1e6, 3),
         }
     base = formats[BASELINE]
     for entry in formats.values():
         entry["speedup_batch1"] = round(base["latency_ms_batch1"] / entry["latency_ms_batch1"], 3)
         entry["speedup_batchN"] = round(entry["images_per_second"] / base["images_per_second"], 3)
-    return {"recipe": preprocessing.recipe, "network_input": preprocessing.image_size, "image_size": list(size),
-            "formats": formats}
+    return {
+        "recipe": preprocessing.recipe,
+        "network_input": preprocessing.image_size,
+        "image_size": list(size),
+        "formats": formats,
+    }
 
 
 def demo_accuracy(run_dir: str) -> dict:
@@ -188,14 +212,17 @@ def demo_accuracy(run_dir: str) -> dict:
     trainer, model, evaluator, path = cli.restored_model(run_dir, [], "best")
     model = resnet.fold_batch_norm(model)  # what resnet-export serves
     data, size, count = trainer.data, trainer.preprocessing.serving_size, FLAGS.demo_calibration_images
-    progress(f"Demo run {run_dir}: checkpoint {path}, {data.name!r} data at {size[0]}x{size[1]}; "
-             f"int8 calibrated on {count} training images")
+    progress(
+        f"Demo run {run_dir}: checkpoint {path}, {data.name!r} data at {size[0]}x{size[1]}; "
+        f"int8 calibrated on {count} training images"
+    )
 
     calibration = calibration_batches(data, size, count)
 
     serve = deploy.serving_function(model, trainer.preprocessing, from_logits=evaluator.from_logits)
-    examples = data.examples("eval").map(lambda image, label: (resize_to_fill(image, *size), label),
-                                         num_parallel_calls=tf.data.AUTOTUNE)
+    examples = data.examples("eval").map(
+        lambda image, label: (resize_to_fill(image, *size), label), num_parallel_calls=tf.data.AUTOTUNE
+    )
     with tempfile.TemporaryDirectory() as directory:
         runners = {name: make() for name, (make, _) in export(model, serve, size, calibration, directory).items()}
         progress("  classifying the eval split in each format")
@@ -206,7 +233,11 @@ def demo_accuracy(run_dir: str) -> dict:
             total += len(labels)
     accuracy = {name: round(hits / total, 5) for name, hits in correct.items()}
     return {
-        "run_dir": run_dir, "checkpoint": path, "eval_images": total, "calibration_images": count, "accuracy": accuracy,
+        "run_dir": run_dir,
+        "checkpoint": path,
+        "eval_images": total,
+        "calibration_images": count,
+        "accuracy": accuracy,
         "int8_accuracy_change_points": round(100 * (accuracy["tflite_int8"] - accuracy[BASELINE]), 3),
     }
 
@@ -219,12 +250,18 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file it writes
     versions = {"tensorflow": tf.__version__, "onnxruntime": version("onnxruntime"), "tf2onnx": version("tf2onnx")}
     results = {
-        "batch_size": FLAGS.batch_size, "steps": FLAGS.steps, "repeats": FLAGS.repeats, "warmup": FLAGS.warmup,
-        "calibration_images": FLAGS.calibration_images, "threads": os.cpu_count(),
+        "batch_size": FLAGS.batch_size,
+        "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
+        "warmup": FLAGS.warmup,
+        "calibration_images": FLAGS.calibration_images,
+        "threads": os.cpu_count(),
         "machine": machine(**versions),
     }
-    progress(f"{results['machine']['cpu']}, {results['machine']['cores']} cores; "
-             + ", ".join(f"{name} {number}" for name, number in versions.items()))
+    progress(
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores; "
+        + ", ".join(f"{name} {number}" for name, number in versions.items())
+    )
     results["configs"] = {config: measure(config) for config in FLAGS.configs}
     if FLAGS.demo_run:
         results["demo"] = demo_accuracy(FLAGS.demo_run)
@@ -237,20 +274,30 @@ def _print_report(results: dict) -> None:
     for config, measured in results["configs"].items():
         height, width = measured["image_size"]
         print(f"\n{config}: {height}x{width} uint8 images; median of {results['repeats']} repeats (min-max)")
-        print(f"  {'format':15s} {'batch 1 (ms)':>24s} {f'batch {batch} (img/s)':>26s} {'MB':>8s} "
-              f"{'speed-up 1':>10s} {f'speed-up {batch}':>11s}")
+        print(
+            f"  {'format':15s} {'batch 1 (ms)':>24s} {f'batch {batch} (img/s)':>26s} {'MB':>8s} "
+            f"{'speed-up 1':>10s} {f'speed-up {batch}':>11s}"
+        )
         for name, entry in measured["formats"].items():
-            latency = (f"{entry['latency_ms_batch1']:.2f} ({entry['latency_ms_batch1_min']:.2f}-"
-                       f"{entry['latency_ms_batch1_max']:.2f})")
-            rate = (f"{entry['images_per_second']:.1f} ({entry['images_per_second_min']:.1f}-"
-                    f"{entry['images_per_second_max']:.1f})")
-            print(f"  {name:15s} {latency:>24s} {rate:>26s} {entry['size_mb']:8.2f} "
-                  f"{entry['speedup_batch1']:9.2f}x {entry['speedup_batchN']:10.2f}x")
+            latency = (
+                f"{entry['latency_ms_batch1']:.2f} ({entry['latency_ms_batch1_min']:.2f}-"
+                f"{entry['latency_ms_batch1_max']:.2f})"
+            )
+            rate = (
+                f"{entry['images_per_second']:.1f} ({entry['images_per_second_min']:.1f}-"
+                f"{entry['images_per_second_max']:.1f})"
+            )
+            print(
+                f"  {name:15s} {latency:>24s} {rate:>26s} {entry['size_mb']:8.2f} "
+                f"{entry['speedup_batch1']:9.2f}x {entry['speedup_batchN']:10.2f}x"
+            )
     if "demo" in results:
         demo = results["demo"]
-        print(f"\n{demo['run_dir']}: accuracy on {demo['eval_images']} eval images: "
-              + ", ".join(f"{name} {value:.2%}" for name, value in demo["accuracy"].items())
-              + f"; int8 {demo['int8_accuracy_change_points']:+.2f} points against the SavedModel")
+        print(
+            f"\n{demo['run_dir']}: accuracy on {demo['eval_images']} eval images: "
+            + ", ".join(f"{name} {value:.2%}" for name, value in demo["accuracy"].items())
+            + f"; int8 {demo['int8_accuracy_change_points']:+.2f} points against the SavedModel"
+        )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def probe(deterministic: bool) -> float:
     config.parse([FLAGS.config], [f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 10"])
     trainer = Trainer(
         "/nonexistent-benchmark-run",  # never written: only the step is used
-        data=SyntheticData(train_examples=FLAGS.batch_size, eval_examples=FLAGS.batch_size, image_size=size, num_classes=10),
+        data=SyntheticData(
+            train_examples=FLAGS.batch_size, eval_examples=FLAGS.batch_size, image_size=size, num_classes=10
+        ),
         preprocessing=Preprocessing("none", image_size=size),
         model=ResNet,
         batch_size=FLAGS.batch_size,
@@ -84,20 +86,32 @@ def main(argv):
             if result.returncode != 0:
                 raise RuntimeError(f"the {setting} probe failed:\n{result.stderr[-3000:]}")
             rates[setting].append(json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"])
-        print(f"repeat {repeat + 1}/{FLAGS.repeats}: default {rates['default'][-1]:.1f} img/s, "
-              f"deterministic {rates['deterministic'][-1]:.1f} img/s", flush=True)
+        print(
+            f"repeat {repeat + 1}/{FLAGS.repeats}: default {rates['default'][-1]:.1f} img/s, "
+            f"deterministic {rates['deterministic'][-1]:.1f} img/s",
+            flush=True,
+        )
     results = {
-        "config": FLAGS.config, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size,
-        "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+        "config": FLAGS.config,
+        "batch_size": FLAGS.batch_size,
+        "image_size": FLAGS.image_size,
+        "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
         "machine": machine(tensorflow=tf.__version__),
     }
     for setting, values in rates.items():
-        results[setting] = {"images_per_second": round(statistics.median(values), 2),
-                            "min": round(min(values), 2), "max": round(max(values), 2)}
+        results[setting] = {
+            "images_per_second": round(statistics.median(values), 2),
+            "min": round(min(values), 2),
+            "max": round(max(values), 2),
+        }
     results["deterministic_vs_default"] = round(
-        results["deterministic"]["images_per_second"] / results["default"]["images_per_second"], 3)
-    print(f"\n{FLAGS.config}, batch {FLAGS.batch_size} at {FLAGS.image_size}x{FLAGS.image_size} on "
-          f"{results['machine']['cpu']} ({results['machine']['cores']} cores), TensorFlow {tf.__version__}:")
+        results["deterministic"]["images_per_second"] / results["default"]["images_per_second"], 3
+    )
+    print(
+        f"\n{FLAGS.config}, batch {FLAGS.batch_size} at {FLAGS.image_size}x{FLAGS.image_size} on "
+        f"{results['machine']['cpu']} ({results['machine']['cores']} cores), TensorFlow {tf.__version__}:"
+    )
     for setting in rates:
         entry = results[setting]
         print(f"  {setting:14s} {entry['images_per_second']:8.2f} img/s ({entry['min']:.2f}-{entry['max']:.2f})")

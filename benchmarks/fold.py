@@ -45,8 +45,9 @@ def measure(precision: str) -> dict:
     forwards = {name: tf.function(lambda x, m=m: m(x, training=False)) for name, m in models.items()}
     results = {}
     for batch in map(int, FLAGS.batch_sizes):
-        images = tf.constant(np.random.default_rng(0).normal(size=(batch, FLAGS.image_size, FLAGS.image_size, 3)),
-                             tf.float32)
+        images = tf.constant(
+            np.random.default_rng(0).normal(size=(batch, FLAGS.image_size, FLAGS.image_size, 3)), tf.float32
+        )
         outputs = {name: np.float32(forward(images)) for name, forward in forwards.items()}
         difference = float(np.abs(outputs["folded"] - outputs["unfolded"]).max() / np.abs(outputs["unfolded"]).max())
         for forward in forwards.values():
@@ -59,13 +60,21 @@ def measure(precision: str) -> dict:
                 for _ in range(FLAGS.steps):
                     forward(images).numpy()
                 rates[name].append(batch * FLAGS.steps / (time.perf_counter() - start))
-        entry = {name: {"images_per_second": round(statistics.median(r), 2), "min": round(min(r), 2),
-                        "max": round(max(r), 2)} for name, r in rates.items()}
+        entry = {
+            name: {
+                "images_per_second": round(statistics.median(r), 2),
+                "min": round(min(r), 2),
+                "max": round(max(r), 2),
+            }
+            for name, r in rates.items()
+        }
         entry["speedup"] = round(entry["folded"]["images_per_second"] / entry["unfolded"]["images_per_second"], 3)
         entry["max_relative_difference"] = difference
-        print(f"{precision} batch {batch}: unfolded {entry['unfolded']['images_per_second']} img/s, folded "
-              f"{entry['folded']['images_per_second']} img/s, {entry['speedup']}x (outputs within {difference:.1e})",
-              flush=True)
+        print(
+            f"{precision} batch {batch}: unfolded {entry['unfolded']['images_per_second']} img/s, folded "
+            f"{entry['folded']['images_per_second']} img/s, {entry['speedup']}x (outputs within {difference:.1e})",
+            flush=True,
+        )
         results[f"batch_{batch}"] = entry
     return results
 
@@ -74,9 +83,17 @@ def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")  # each batch size traces the forward passes once more, on purpose
     info = machine(tensorflow=version("tensorflow"), keras=version("keras"))
-    print(f"{FLAGS.config} at {FLAGS.image_size}x{FLAGS.image_size} on {info['cpu']} ({info['cores']} cores)", flush=True)
-    results = {"config": FLAGS.config, "image_size": FLAGS.image_size, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
-               "precisions": {precision: measure(precision) for precision in FLAGS.precisions}, "machine": info}
+    print(
+        f"{FLAGS.config} at {FLAGS.image_size}x{FLAGS.image_size} on {info['cpu']} ({info['cores']} cores)", flush=True
+    )
+    results = {
+        "config": FLAGS.config,
+        "image_size": FLAGS.image_size,
+        "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
+        "precisions": {precision: measure(precision) for precision in FLAGS.precisions},
+        "machine": info,
+    }
     write_results(results, FLAGS.json)
 
 

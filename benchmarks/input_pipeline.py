@@ -52,10 +52,16 @@ def write_shards(directory: str, count: int, shards: int) -> str:
         channels = [np.sin(rng.uniform(1, 8) * xx + rng.uniform(1, 8) * yy + rng.uniform(0, 6)) for _ in range(3)]
         image = (np.stack(channels, -1) * 100 + 128 + rng.normal(0, 12, (height, width, 3))).clip(0, 255)
         encoded = tf.io.encode_jpeg(image.astype(np.uint8), quality=90).numpy()
-        example = tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.integers(0, 1000))])),
-        }))
+        example = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                    "image/class/label": tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=[int(rng.integers(0, 1000))])
+                    ),
+                }
+            )
+        )
         writers[i % shards].write(example.SerializeToString())
     for writer in writers:
         writer.close()
@@ -97,9 +103,12 @@ def measure(name, trainer) -> dict:
         "model_images_per_second": round(statistics.median(model_rates), 2),
     }
     # Three significant digits: a ratio below 1 rounded to two decimals would be off by up to 2%.
-    result["ratio"] = float(f'{result["pipeline_images_per_second"] / result["model_images_per_second"]:.3g}')
-    print(f"{name}: pipeline {result['pipeline_images_per_second']} img/s, training step "
-          f"{result['model_images_per_second']} img/s, ratio {result['ratio']}x", flush=True)
+    result["ratio"] = float(f"{result['pipeline_images_per_second'] / result['model_images_per_second']:.3g}")
+    print(
+        f"{name}: pipeline {result['pipeline_images_per_second']} img/s, training step "
+        f"{result['model_images_per_second']} img/s, ratio {result['ratio']}x",
+        flush=True,
+    )
     return result
 
 
@@ -123,10 +132,15 @@ def main(argv):
             pattern = write_shards(scratch, FLAGS.tfrecord_images, FLAGS.tfrecord_shards)
             size = FLAGS.tfrecord_image_size
             with config.fresh_gin_config():
-                config.parse([FLAGS.tfrecord_config], [
-                    "InputPipeline.cache = False", "InputPipeline.shuffle_buffer = 256",
-                    f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 1000",
-                ])
+                config.parse(
+                    [FLAGS.tfrecord_config],
+                    [
+                        "InputPipeline.cache = False",
+                        "InputPipeline.shuffle_buffer = 256",
+                        f"ResNet.input_shape = ({size}, {size}, 3)",
+                        "ResNet.num_classes = 1000",
+                    ],
+                )
                 trainer = gin.get_configurable(Trainer)(
                     model_dir=scratch,
                     data=TFRecordData(pattern, pattern, num_classes=1000),

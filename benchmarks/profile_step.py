@@ -44,13 +44,19 @@ flags.DEFINE_integer("image_size", 224, "Height and width of the images.", lower
 flags.DEFINE_integer("warmup", 2, "Untimed steps before timing and tracing.", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Steps timed, traced, and run under oneDNN's verbose mode.", lower_bound=1)
 flags.DEFINE_integer("top", 15, "Op types (and kernels) listed.", lower_bound=1)
-flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow's inter-op threads (0: its default). With 1, ops run one "
-                     "at a time, so each op's and kernel's time is its own, not shared with a concurrent op; on the "
-                     "2-core machine of RESULTS.md the step is as fast either way.", lower_bound=0)
+flags.DEFINE_integer(
+    "inter_op_threads",
+    1,
+    "TensorFlow's inter-op threads (0: its default). With 1, ops run one "
+    "at a time, so each op's and kernel's time is its own, not shared with a concurrent op; on the "
+    "2-core machine of RESULTS.md the step is as fast either way.",
+    lower_bound=0,
+)
 flags.DEFINE_bool("onednn", True, "Also summarize oneDNN's kernels (a second process).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_bool("onednn_probe", False, "Internal: run the steps with oneDNN's verbose output and exit.")
 FLAGS = flags.FLAGS
+
 
 def _build():
     import tensorflow as tf
@@ -58,16 +64,31 @@ def _build():
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     model = workload.BASELINE if FLAGS.model == "baseline" else "ours"
-    return workload.build_step(model, config=FLAGS.config, mode=FLAGS.mode, precision=FLAGS.precision,
-                               batch_size=FLAGS.batch_size, image_size=FLAGS.image_size)
+    return workload.build_step(
+        model,
+        config=FLAGS.config,
+        mode=FLAGS.mode,
+        precision=FLAGS.precision,
+        batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size,
+    )
 
 
 def run_onednn_probe() -> dict:
     """Runs this script's `--onednn_probe` in a fresh process with ONEDNN_VERBOSE=1 and
     summarizes the kernel lines of its timed steps."""
     command = [sys.executable, os.path.abspath(__file__), "--onednn_probe", "--noonednn"]
-    for name in ("config", "model", "precision", "mode", "batch_size", "image_size", "warmup", "steps",
-                 "inter_op_threads"):
+    for name in (
+        "config",
+        "model",
+        "precision",
+        "mode",
+        "batch_size",
+        "image_size",
+        "warmup",
+        "steps",
+        "inter_op_threads",
+    ):
         command.append(f"--{name}={getattr(FLAGS, name)}")
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -76,7 +97,7 @@ def run_onednn_probe() -> dict:
     lines = result.stdout.splitlines()
     marker = lines.index("=== timed steps")  # only the timed steps, not warm-up's first-call reorders
     isa = [line.split(",", 3)[-1] for line in lines if ",info,cpu,isa:" in line]
-    summary = summarize_onednn(lines[marker + 1:], FLAGS.steps)
+    summary = summarize_onednn(lines[marker + 1 :], FLAGS.steps)
     summary["isa"] = isa[0] if isa else "unknown (no oneDNN output: is TensorFlow built with oneDNN?)"
     return summary
 
@@ -116,17 +137,26 @@ def main(argv):
     peak = workload.matmul_peak(compute)
     flops = 2 * macs * (3 if FLAGS.mode == "train" else 1) * FLAGS.batch_size
     results = {
-        "config": FLAGS.config if FLAGS.model == "ours" else workload.BASELINE, "precision": FLAGS.precision,
-        "mode": FLAGS.mode, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
-        "inter_op_threads": FLAGS.inter_op_threads, "step_ms": round(step_ms, 1), "traced_step_ms": round(traced_ms / FLAGS.steps, 1),
+        "config": FLAGS.config if FLAGS.model == "ours" else workload.BASELINE,
+        "precision": FLAGS.precision,
+        "mode": FLAGS.mode,
+        "batch_size": FLAGS.batch_size,
+        "image_size": FLAGS.image_size,
+        "steps": FLAGS.steps,
+        "inter_op_threads": FLAGS.inter_op_threads,
+        "step_ms": round(step_ms, 1),
+        "traced_step_ms": round(traced_ms / FLAGS.steps, 1),
         "op_ms_per_step": round(op_ms / FLAGS.steps, 1),
         "matmul_peak_gflops": round(peak, 1),
         "fraction_of_matmul_peak": round(flops / (step_ms / 1e3) / 1e9 / peak, 3),
-        "parts": {part: {"ms_per_step": round(ms / FLAGS.steps, 1), "share": round(ms / op_ms, 3)}
-                  for part, ms in sorted(parts.items(), key=lambda item: -item[1])},
-        "op_types": {op: {"ms_per_step": round(ms / FLAGS.steps, 1), "share": round(ms / op_ms, 3),
-                          "part": op_part(op)}
-                     for op, ms in sorted(totals.items(), key=lambda item: -item[1])},
+        "parts": {
+            part: {"ms_per_step": round(ms / FLAGS.steps, 1), "share": round(ms / op_ms, 3)}
+            for part, ms in sorted(parts.items(), key=lambda item: -item[1])
+        },
+        "op_types": {
+            op: {"ms_per_step": round(ms / FLAGS.steps, 1), "share": round(ms / op_ms, 3), "part": op_part(op)}
+            for op, ms in sorted(totals.items(), key=lambda item: -item[1])
+        },
         "machine": machine(tensorflow=tf.__version__, keras=keras.__version__),
     }
     if FLAGS.onednn:
@@ -140,23 +170,30 @@ def main(argv):
 
 
 def _print_report(results: dict) -> None:
-    print(f"\n{results['config']} {results['mode']} step, {results['precision']}, batch {results['batch_size']} at "
-          f"{results['image_size']}x{results['image_size']}: {results['step_ms']:.0f} ms "
-          f"({results['fraction_of_matmul_peak']:.0%} of the {results['matmul_peak_gflops']:.0f} GFLOP/s matmul peak); "
-          f"ops {results['op_ms_per_step']:.0f} ms per step (summed over threads)")
+    print(
+        f"\n{results['config']} {results['mode']} step, {results['precision']}, batch {results['batch_size']} at "
+        f"{results['image_size']}x{results['image_size']}: {results['step_ms']:.0f} ms "
+        f"({results['fraction_of_matmul_peak']:.0%} of the {results['matmul_peak_gflops']:.0f} GFLOP/s matmul peak); "
+        f"ops {results['op_ms_per_step']:.0f} ms per step (summed over threads)"
+    )
     print("  by part of the step:")
     for part, entry in results["parts"].items():
         print(f"    {part:40s} {entry['ms_per_step']:8.1f} ms  {entry['share']:6.1%}")
     print("  by op type:")
-    for op, entry in list(results["op_types"].items())[:FLAGS.top]:
+    for op, entry in list(results["op_types"].items())[: FLAGS.top]:
         print(f"    {op:40s} {entry['ms_per_step']:8.1f} ms  {entry['share']:6.1%}")
     if "onednn" in results:
         print(f"  oneDNN kernels ({results['onednn']['isa']}):")
-        for row in results["onednn"]["kernels"][:FLAGS.top]:
-            rate = (f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul_peak']:.0%} of peak)"
-                    if "gflops" in row else "")
-            print(f"    {row['kind']:20s} {row['direction']:17s} {row['implementation']:45s} "
-                  f"{row['calls_per_step']:5.0f} calls {row['ms_per_step']:8.1f} ms{rate}")
+        for row in results["onednn"]["kernels"][: FLAGS.top]:
+            rate = (
+                f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul_peak']:.0%} of peak)"
+                if "gflops" in row
+                else ""
+            )
+            print(
+                f"    {row['kind']:20s} {row['direction']:17s} {row['implementation']:45s} "
+                f"{row['calls_per_step']:5.0f} calls {row['ms_per_step']:8.1f} ms{rate}"
+            )
 
 
 if __name__ == "__main__":

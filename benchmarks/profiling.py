@@ -15,16 +15,25 @@ import time
 PARTS = {
     "convolution forward": ("Conv2D", "FusedConv2D", "DepthwiseConv2dNative", "PadWithConv2D", "PadWithFusedConv2D"),
     "convolution data gradient": ("Conv2DBackpropInput", "DepthwiseConv2dNativeBackpropInput"),
-    "convolution weight gradient": ("Conv2DBackpropFilter", "Conv2DBackpropFilterWithBias",
-                                    "DepthwiseConv2dNativeBackpropFilter"),
+    "convolution weight gradient": (
+        "Conv2DBackpropFilter",
+        "Conv2DBackpropFilterWithBias",
+        "DepthwiseConv2dNativeBackpropFilter",
+    ),
     "batch norm forward": ("FusedBatchNormV3", "FusedBatchNormEx"),
     "batch norm backward": ("FusedBatchNormGradV3", "FusedBatchNormGradEx"),
     "ReLU forward / backward": ("Relu", "ReluGrad"),
     "pooling": ("MaxPool", "MaxPoolGrad", "AvgPool", "AvgPoolGrad", "Mean"),
     "dense": ("MatMul", "BiasAdd", "BiasAddGrad", "FusedMatMul"),
     "layout and dtype conversions": ("Transpose", "Cast", "MklToTf", "ToTf", "Pad"),
-    "optimizer update": ("ResourceApplyKerasMomentum", "ResourceApplyMomentum", "ResourceApplyGradientDescent",
-                         "AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp"),
+    "optimizer update": (
+        "ResourceApplyKerasMomentum",
+        "ResourceApplyMomentum",
+        "ResourceApplyGradientDescent",
+        "AssignVariableOp",
+        "AssignSubVariableOp",
+        "AssignAddVariableOp",
+    ),
 }
 _PART_OF = {op: part for part, ops in PARTS.items() for op in ops}
 
@@ -79,8 +88,18 @@ def convolution_macs(descriptor: str) -> int:
     for h, w in (("ih", "iw"), ("oh", "ow"), ("kh", "kw")):
         dims.setdefault(w, dims.get(h, 1))
     groups = dims.get("g", 1)
-    return (dims.get("mb", 1) * dims["oc"] * dims["oh"] * dims["ow"] * dims.get("od", 1)
-            * dims["ic"] // groups * dims["kh"] * dims["kw"] * dims.get("kd", 1))
+    return (
+        dims.get("mb", 1)
+        * dims["oc"]
+        * dims["oh"]
+        * dims["ow"]
+        * dims.get("od", 1)
+        * dims["ic"]
+        // groups
+        * dims["kh"]
+        * dims["kw"]
+        * dims.get("kd", 1)
+    )
 
 
 def summarize_onednn(lines, steps: int) -> dict:
@@ -104,8 +123,13 @@ def summarize_onednn(lines, steps: int) -> dict:
             entry["macs"] += convolution_macs(fields[-2])
     rows = []
     for (kind, direction, implementation), entry in groups.items():
-        row = {"kind": kind, "direction": direction, "implementation": implementation,
-               "calls_per_step": entry["calls"] / steps, "ms_per_step": round(entry["ms"] / steps, 2)}
+        row = {
+            "kind": kind,
+            "direction": direction,
+            "implementation": implementation,
+            "calls_per_step": entry["calls"] / steps,
+            "ms_per_step": round(entry["ms"] / steps, 2),
+        }
         if entry["macs"]:
             row["gflops"] = round(2 * entry["macs"] / (entry["ms"] / 1e3) / 1e9, 1)
         rows.append(row)

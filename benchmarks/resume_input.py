@@ -61,10 +61,16 @@ def write_shards(directory: str, count: int, shards: int) -> tuple[str, float]:
         image = np.clip(smooth + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
         encoded = tf.io.encode_jpeg(image, quality=90).numpy()
         total += len(encoded)
-        example = tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.integers(0, 1000))])),
-        }))
+        example = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                    "image/class/label": tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=[int(rng.integers(0, 1000))])
+                    ),
+                }
+            )
+        )
         writers[i % shards].write(example.SerializeToString())
     for writer in writers:
         writer.close()
@@ -78,10 +84,13 @@ def skip_after_decoding(pipeline, epoch: int, skip_steps: int, steps: int):
 
     batch = pipeline.batch_size
     examples = pipeline.source.examples("train").repeat()
-    examples = examples.shuffle(pipeline.shuffle_buffer, seed=pipeline.seed * 100_003 + epoch, reshuffle_each_iteration=False)
+    examples = examples.shuffle(
+        pipeline.shuffle_buffer, seed=pipeline.seed * 100_003 + epoch, reshuffle_each_iteration=False
+    )
     examples = examples.take(steps * batch).skip(skip_steps * batch)
-    augmented = examples.map(lambda image, label: (pipeline.preprocessing.train(image), label),
-                             num_parallel_calls=tf.data.AUTOTUNE)
+    augmented = examples.map(
+        lambda image, label: (pipeline.preprocessing.train(image), label), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return augmented.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -117,12 +126,15 @@ def measure_resume(make_pipeline, steps: int, resume_step: int) -> dict:
     result = {name: summary(values) for name, values in times.items()}
     skipped = resume_step * FLAGS.batch_size
     result["resumed_vs_start"] = round(result["resumed"]["seconds"] / result["start"]["seconds"], 3)
-    result["ms_per_skipped_image"] = round(1000 * (result["resumed"]["seconds"] - result["start"]["seconds"]) / skipped, 4)
+    result["ms_per_skipped_image"] = round(
+        1000 * (result["resumed"]["seconds"] - result["start"]["seconds"]) / skipped, 4
+    )
     if FLAGS.measure_old:
         result["old_resumed_vs_old_start"] = round(result["old_resumed"]["seconds"] / result["old_start"]["seconds"], 3)
         result["old_resumed_vs_resumed"] = round(result["old_resumed"]["seconds"] / result["resumed"]["seconds"], 3)
         result["old_ms_per_skipped_image"] = round(
-            1000 * (result["old_resumed"]["seconds"] - result["old_start"]["seconds"]) / skipped, 4)
+            1000 * (result["old_resumed"]["seconds"] - result["old_start"]["seconds"]) / skipped, 4
+        )
     return result
 
 
@@ -130,8 +142,10 @@ def measure_decode(source, files: list[str]) -> dict:
     """Images/s of decoding the whole split, with the sources' checks and without."""
     import tensorflow as tf
 
-    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    }
 
     def plain_decode(record):
         example = tf.io.parse_single_example(record, features)
@@ -140,8 +154,11 @@ def measure_decode(source, files: list[str]) -> dict:
 
     def plain():
         records = tf.data.Dataset.from_tensor_slices(files).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True)
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 16),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         return records.map(plain_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     cases = {"checked": lambda: source.examples("train"), "plain": plain}
@@ -169,43 +186,64 @@ def main(argv):
     steps = FLAGS.images // FLAGS.batch_size
     resume_step = int(FLAGS.resume_fraction * steps)
     if not 0 < resume_step < steps:
-        raise app.UsageError(f"--resume_fraction={FLAGS.resume_fraction} of {steps} steps leaves no step to skip or to deliver.")
+        raise app.UsageError(
+            f"--resume_fraction={FLAGS.resume_fraction} of {steps} steps leaves no step to skip or to deliver."
+        )
     results = {
-        "images": FLAGS.images, "shards": FLAGS.shards, "batch_size": FLAGS.batch_size,
-        "image_size": FLAGS.image_size, "steps_per_epoch": steps, "resume_step": resume_step,
-        "resume_fraction": FLAGS.resume_fraction, "repeats": FLAGS.repeats,
+        "images": FLAGS.images,
+        "shards": FLAGS.shards,
+        "batch_size": FLAGS.batch_size,
+        "image_size": FLAGS.image_size,
+        "steps_per_epoch": steps,
+        "resume_step": resume_step,
+        "resume_fraction": FLAGS.resume_fraction,
+        "repeats": FLAGS.repeats,
         "machine": machine(tensorflow=tf.__version__, numpy=np.__version__),
         "shuffle_buffers": {},
     }
-    print(f"{results['machine']['cpu']} ({os.cpu_count()} cores), Python {platform.python_version()}, "
-          f"TensorFlow {tf.__version__}, NumPy {np.__version__}", flush=True)
+    print(
+        f"{results['machine']['cpu']} ({os.cpu_count()} cores), Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, NumPy {np.__version__}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="resume-benchmark-") as scratch:
         pattern, mean_kib = write_shards(scratch, FLAGS.images, FLAGS.shards)
         results["mean_jpeg_kib"] = round(mean_kib, 1)
-        print(f"{FLAGS.images} JPEGs (mean {mean_kib:.1f} KiB) in {FLAGS.shards} shards; batch {FLAGS.batch_size}, "
-              f"{steps} steps an epoch, resumed at step {resume_step}.", flush=True)
+        print(
+            f"{FLAGS.images} JPEGs (mean {mean_kib:.1f} KiB) in {FLAGS.shards} shards; batch {FLAGS.batch_size}, "
+            f"{steps} steps an epoch, resumed at step {resume_step}.",
+            flush=True,
+        )
         source = TFRecordData(pattern, pattern, num_classes=1000)
         prep = Preprocessing("imagenet", image_size=FLAGS.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         for buffer in buffers:
+
             def make_pipeline(buffer=buffer):
                 return InputPipeline(source, prep, batch_size=FLAGS.batch_size, cache=False, shuffle_buffer=buffer)
 
             entry = measure_resume(make_pipeline, steps, resume_step)
             results["shuffle_buffers"][str(buffer)] = entry
-            line = (f"shuffle buffer {buffer}: first batch {entry['start']['seconds']:.3f} s at step 0, "
-                    f"{entry['resumed']['seconds']:.3f} s at step {resume_step}: {entry['resumed_vs_start']:.3f}x "
-                    f"({entry['ms_per_skipped_image']:.3f} ms per skipped image)")
+            line = (
+                f"shuffle buffer {buffer}: first batch {entry['start']['seconds']:.3f} s at step 0, "
+                f"{entry['resumed']['seconds']:.3f} s at step {resume_step}: {entry['resumed_vs_start']:.3f}x "
+                f"({entry['ms_per_skipped_image']:.3f} ms per skipped image)"
+            )
             if FLAGS.measure_old:
-                line += (f"; skipping after decoding: {entry['old_start']['seconds']:.3f} s at step 0, "
-                         f"{entry['old_resumed']['seconds']:.3f} s at step {resume_step} "
-                         f"({entry['old_ms_per_skipped_image']:.3f} ms per skipped image; "
-                         f"{entry['old_resumed_vs_resumed']:.1f}x the new resume)")
+                line += (
+                    f"; skipping after decoding: {entry['old_start']['seconds']:.3f} s at step 0, "
+                    f"{entry['old_resumed']['seconds']:.3f} s at step {resume_step} "
+                    f"({entry['old_ms_per_skipped_image']:.3f} ms per skipped image; "
+                    f"{entry['old_resumed_vs_resumed']:.1f}x the new resume)"
+                )
             print(line, flush=True)
         if FLAGS.measure_decode:
             results["decode"] = measure_decode(source, tf.io.gfile.glob(pattern))
             decode = results["decode"]
-            print(f"decoding the split: {decode['checked_images_per_second']} img/s with the corrupt-record checks, "
-                  f"{decode['plain_images_per_second']} img/s without: {decode['checked_vs_plain']:.3f}x", flush=True)
+            print(
+                f"decoding the split: {decode['checked_images_per_second']} img/s with the corrupt-record checks, "
+                f"{decode['plain_images_per_second']} img/s without: {decode['checked_vs_plain']:.3f}x",
+                flush=True,
+            )
     write_results(results, FLAGS.json)
 
 

@@ -52,8 +52,12 @@ def measure_point(point: dict) -> dict:
     import tensorflow as tf
 
     step, _ = workload.build_step(
-        point["model"], config=FLAGS.config, mode=point["mode"], precision=point["precision"],
-        batch_size=point["batch_size"], image_size=point["image_size"],
+        point["model"],
+        config=FLAGS.config,
+        mode=point["mode"],
+        precision=point["precision"],
+        batch_size=point["batch_size"],
+        image_size=point["image_size"],
     )
     for _ in range(1 + FLAGS.warmup):
         step()
@@ -63,7 +67,8 @@ def measure_point(point: dict) -> dict:
         steps += 1
     seconds = time.perf_counter() - start
     return {
-        "images_per_second": round(steps * point["batch_size"] / seconds, 2), "timed_steps": steps,
+        "images_per_second": round(steps * point["batch_size"] / seconds, 2),
+        "timed_steps": steps,
         "allocator_peak_mib": round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20, 1),
     }
 
@@ -88,15 +93,21 @@ def points() -> list[dict]:
     """Every (mode, precision, batch size, image size) to measure, each sweep's shared point once."""
     sizes = [(int(b), FLAGS.image_size) for b in FLAGS.batch_sizes]
     sizes += [(FLAGS.batch_size, int(s)) for s in FLAGS.image_sizes if (FLAGS.batch_size, int(s)) not in sizes]
-    return [{"mode": mode, "precision": precision, "batch_size": b, "image_size": s}
-            for mode in FLAGS.modes for precision in FLAGS.precisions for b, s in sizes]
+    return [
+        {"mode": mode, "precision": precision, "batch_size": b, "image_size": s}
+        for mode in FLAGS.modes
+        for precision in FLAGS.precisions
+        for b, s in sizes
+    ]
 
 
 def table(results: dict, mode: str, precision: str) -> str:
     """A markdown table of one mode and precision: each point's images/s and allocator peak of
     both models, and their ratios."""
-    rows = ["| batch | image | ours img/s | keras img/s | speed ratio | ours MiB | keras MiB | memory ratio |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| batch | image | ours img/s | keras img/s | speed ratio | ours MiB | keras MiB | memory ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for entry in results["points"]:
         if (entry["mode"], entry["precision"]) != (mode, precision):
             continue
@@ -108,10 +119,12 @@ def table(results: dict, mode: str, precision: str) -> str:
         def ratio(key):
             return f"{ours[key] / base[key]:.2f}x" if key in ours and key in base else "-"
 
-        rows.append(f"| {entry['batch_size']} | {entry['image_size']} | {cell(ours, 'images_per_second')} | "
-                    f"{cell(base, 'images_per_second')} | {ratio('images_per_second')} | "
-                    f"{cell(ours, 'allocator_peak_mib')} | {cell(base, 'allocator_peak_mib')} | "
-                    f"{ratio('allocator_peak_mib')} |")
+        rows.append(
+            f"| {entry['batch_size']} | {entry['image_size']} | {cell(ours, 'images_per_second')} | "
+            f"{cell(base, 'images_per_second')} | {ratio('images_per_second')} | "
+            f"{cell(ours, 'allocator_peak_mib')} | {cell(base, 'allocator_peak_mib')} | "
+            f"{ratio('allocator_peak_mib')} |"
+        )
     return "\n".join(rows)
 
 
@@ -125,22 +138,38 @@ def plot(results: dict, path: str) -> None:
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 9))
     styles = {"inference": "-", "train": "--"}
-    colours = {("ours", "float32"): "tab:blue", ("ours", "mixed_bfloat16"): "tab:green",
-               ("keras", "float32"): "tab:orange", ("keras", "mixed_bfloat16"): "tab:red"}
+    colours = {
+        ("ours", "float32"): "tab:blue",
+        ("ours", "mixed_bfloat16"): "tab:green",
+        ("keras", "float32"): "tab:orange",
+        ("keras", "mixed_bfloat16"): "tab:red",
+    }
     for column, (axis_key, fixed_key, fixed) in enumerate(
-            (("batch_size", "image_size", results["image_size"]), ("image_size", "batch_size", results["batch_size"]))):
+        (("batch_size", "image_size", results["image_size"]), ("image_size", "batch_size", results["batch_size"]))
+    ):
         for mode in results["modes"]:
             for precision in results["precisions"]:
-                entries = sorted((e for e in results["points"] if e["mode"] == mode and e["precision"] == precision
-                                  and e[fixed_key] == fixed), key=lambda e: e[axis_key])
+                entries = sorted(
+                    (
+                        e
+                        for e in results["points"]
+                        if e["mode"] == mode and e["precision"] == precision and e[fixed_key] == fixed
+                    ),
+                    key=lambda e: e[axis_key],
+                )
                 for model in ("ours", "keras"):
                     for row, key in enumerate(("images_per_second", "allocator_peak_mib")):
                         xs = [e[axis_key] for e in entries if key in e[model]]
                         ys = [e[model][key] for e in entries if key in e[model]]
                         if xs:
-                            axes[row][column].plot(xs, ys, styles[mode], marker="o",
-                                                   color=colours[(model, precision)],
-                                                   label=f"{model} {mode} {precision}")
+                            axes[row][column].plot(
+                                xs,
+                                ys,
+                                styles[mode],
+                                marker="o",
+                                color=colours[(model, precision)],
+                                label=f"{model} {mode} {precision}",
+                            )
         ticks = sorted({e[axis_key] for e in results["points"] if e[fixed_key] == fixed})
         for row, label in enumerate(("images / s", "allocator peak (MiB)")):
             axis = axes[row][column]
@@ -152,8 +181,10 @@ def plot(results: dict, path: str) -> None:
             axis.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     cpu = results["machine"]["cpu"]
-    figure.suptitle(f"{results['config']} vs {workload.BASELINE}: throughput and memory ({cpu}, "
-                    f"{results['machine']['cores']} cores)")
+    figure.suptitle(
+        f"{results['config']} vs {workload.BASELINE}: throughput and memory ({cpu}, "
+        f"{results['machine']['cores']} cores)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -172,8 +203,12 @@ def main(argv):
     import tensorflow as tf
 
     results = {
-        "config": FLAGS.config, "modes": FLAGS.modes, "precisions": FLAGS.precisions,
-        "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size, "points": [],
+        "config": FLAGS.config,
+        "modes": FLAGS.modes,
+        "precisions": FLAGS.precisions,
+        "image_size": FLAGS.image_size,
+        "batch_size": FLAGS.batch_size,
+        "points": [],
         "machine": machine(tensorflow=tf.__version__, keras=keras.__version__),
     }
     todo = points()
@@ -183,17 +218,22 @@ def main(argv):
             entry["ours" if model == "ours" else "keras"] = run_point(dict(point, model=model))
         results["points"].append(entry)
         ours, base = entry["ours"], entry["keras"]
-        print(f"[{index + 1}/{len(todo)}] {point['mode']} {point['precision']} batch {point['batch_size']} at "
-              f"{point['image_size']}: ours {ours.get('images_per_second', ours.get('error'))} img/s "
-              f"{ours.get('allocator_peak_mib', '')} MiB, keras {base.get('images_per_second', base.get('error'))} "
-              f"img/s {base.get('allocator_peak_mib', '')} MiB", flush=True)
+        print(
+            f"[{index + 1}/{len(todo)}] {point['mode']} {point['precision']} batch {point['batch_size']} at "
+            f"{point['image_size']}: ours {ours.get('images_per_second', ours.get('error'))} img/s "
+            f"{ours.get('allocator_peak_mib', '')} MiB, keras {base.get('images_per_second', base.get('error'))} "
+            f"img/s {base.get('allocator_peak_mib', '')} MiB",
+            flush=True,
+        )
         if FLAGS.json:  # a long sweep keeps what it has measured
             with open(FLAGS.json, "w") as f:
                 json.dump(results, f, indent=2)
     for mode in FLAGS.modes:
         for precision in FLAGS.precisions:
-            print(f"\n{results['config']} {mode}, {precision} ({results['machine']['cpu']}):\n"
-                  + table(results, mode, precision))
+            print(
+                f"\n{results['config']} {mode}, {precision} ({results['machine']['cpu']}):\n"
+                + table(results, mode, precision)
+            )
     if FLAGS.plot:
         plot(results, FLAGS.plot)
     write_results(results, FLAGS.json)

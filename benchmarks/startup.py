@@ -48,7 +48,11 @@ def first_step_seconds(env: dict) -> tuple[float, int]:
     """Seconds from launching the demo's `resnet-train` to its first backup, and the lines it
     printed before its own first line."""
     model_dir = tempfile.mkdtemp(prefix="startup-")
-    command = [os.path.join(BIN, "resnet-train"), f"--model_dir={model_dir}", "--gin_param=Trainer.backup_every_steps = 1"]
+    command = [
+        os.path.join(BIN, "resnet-train"),
+        f"--model_dir={model_dir}",
+        "--gin_param=Trainer.backup_every_steps = 1",
+    ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -79,10 +83,17 @@ def main(argv):
         samples["train_first_step"].append(seconds)
         foreign_lines.append(lines)
         print(f"  repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()), flush=True)
-    results = {name: {"median_seconds": round(statistics.median(values), 3), "min_seconds": round(min(values), 3),
-                      "max_seconds": round(max(values), 3)} for name, values in samples.items()}
+    results = {
+        name: {
+            "median_seconds": round(statistics.median(values), 3),
+            "min_seconds": round(min(values), 3),
+            "max_seconds": round(max(values), 3),
+        }
+        for name, values in samples.items()
+    }
     results["resnet_import_overhead_seconds"] = round(
-        results["import_resnet"]["median_seconds"] - results["import_keras"]["median_seconds"], 3)
+        results["import_resnet"]["median_seconds"] - results["import_keras"]["median_seconds"], 3
+    )
     results["lines_before_first_own_line"] = max(foreign_lines)
     results["machine"] = machine(tensorflow=version("tensorflow"), keras=version("keras"))
     write_results(results, FLAGS.json)

@@ -48,12 +48,18 @@ flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("memory_probe", None, "Internal: measure the peak memory of one model and exit.")
 FLAGS = flags.FLAGS
 
+
 def build_step(model_name: str, precision: str):
     """A zero-argument function running one step of `model_name` ("ours" or BASELINE) as the
     flags say, and the model."""
     return workload.build_step(
-        model_name, config=FLAGS.config, mode=FLAGS.mode, precision=precision, batch_size=FLAGS.batch_size,
-        image_size=FLAGS.image_size, jit_compile=FLAGS.jit_compile,
+        model_name,
+        config=FLAGS.config,
+        mode=FLAGS.mode,
+        precision=precision,
+        batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size,
+        jit_compile=FLAGS.jit_compile,
     )
 
 
@@ -130,24 +136,36 @@ def main(argv):
             for _ in range(FLAGS.steps):
                 step()
             rates[key].append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start))
-        print(f"repeat {repeat + 1}/{FLAGS.repeats}: " + ", ".join(f"{k[0]}@{k[1]} {v[-1]:.1f}" for k, v in rates.items()),
-              flush=True)
+        print(
+            f"repeat {repeat + 1}/{FLAGS.repeats}: "
+            + ", ".join(f"{k[0]}@{k[1]} {v[-1]:.1f}" for k, v in rates.items()),
+            flush=True,
+        )
     compute = FLAGS.precision.split("_")[-1] if FLAGS.precision != "float32" else "float32"
     peak = matmul_peak(compute)
     flop_factor = 2 * (3 if FLAGS.mode == "train" else 1)
     results = {
-        "config": FLAGS.config, "mode": FLAGS.mode, "precision": FLAGS.precision,
-        "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+        "config": FLAGS.config,
+        "mode": FLAGS.mode,
+        "precision": FLAGS.precision,
+        "batch_size": FLAGS.batch_size,
+        "image_size": FLAGS.image_size,
+        "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
         "jit_compile": FLAGS.jit_compile,
-        "matmul_peak_gflops": round(peak, 1), "models": {},
+        "matmul_peak_gflops": round(peak, 1),
+        "models": {},
         "machine": machine(tensorflow=tf.__version__, keras=keras.__version__),
     }
     for (name, precision), values in rates.items():
         median, low, high = median_and_spread(values)
         gflops = median * macs[name] * flop_factor / 1e9
         entry = {
-            "images_per_second": round(median, 2), "min": round(low, 2), "max": round(high, 2),
-            "gmacs_per_image": round(macs[name] / 1e9, 3), "gflops": round(gflops, 1),
+            "images_per_second": round(median, 2),
+            "min": round(low, 2),
+            "max": round(high, 2),
+            "gmacs_per_image": round(macs[name] / 1e9, 3),
+            "gflops": round(gflops, 1),
         }
         if precision == FLAGS.precision:
             entry["fraction_of_matmul_peak"] = round(gflops / peak, 3)
@@ -172,20 +190,32 @@ def main(argv):
 
 
 def _print_report(results) -> None:
-    print(f"\n{results['config']} vs {BASELINE}: {results['mode']}, {results['precision']}, "
-          f"batch {results['batch_size']} at {results['image_size']}x{results['image_size']}; "
-          f"matmul peak {results['matmul_peak_gflops']} GFLOP/s")
+    print(
+        f"\n{results['config']} vs {BASELINE}: {results['mode']}, {results['precision']}, "
+        f"batch {results['batch_size']} at {results['image_size']}x{results['image_size']}; "
+        f"matmul peak {results['matmul_peak_gflops']} GFLOP/s"
+    )
     for key, entry in results["models"].items():
         extra = ""
         if "fraction_of_matmul_peak" in entry:
-            extra = (f"  {entry['fraction_of_matmul_peak']:.0%} of peak  {entry['peak_memory_mib']:.0f} MiB peak memory "
-                     f"({entry['allocator_peak_mib']:.0f} MiB in tensors)")
-        print(f"  {key:40s} {entry['images_per_second']:7.2f} img/s ({entry['min']:.2f}-{entry['max']:.2f})  "
-              f"{entry['gflops']:.0f} GFLOP/s{extra}")
-    print(f"  speed ratio {results['speed_ratio_vs_baseline']:.3f}x, memory ratio {results['memory_ratio_vs_baseline']:.3f}x "
-          f"(in tensors {results['allocator_memory_ratio_vs_baseline']:.3f}x)"
-          + (f", mixed precision speed-up {results['speedup_vs_ours_float32']:.3f}x (matrix multiply: "
-             f"{results['matmul_peak_ratio_vs_float32']:.3f}x)" if "speedup_vs_ours_float32" in results else ""))
+            extra = (
+                f"  {entry['fraction_of_matmul_peak']:.0%} of peak  {entry['peak_memory_mib']:.0f} MiB peak memory "
+                f"({entry['allocator_peak_mib']:.0f} MiB in tensors)"
+            )
+        print(
+            f"  {key:40s} {entry['images_per_second']:7.2f} img/s ({entry['min']:.2f}-{entry['max']:.2f})  "
+            f"{entry['gflops']:.0f} GFLOP/s{extra}"
+        )
+    print(
+        f"  speed ratio {results['speed_ratio_vs_baseline']:.3f}x, memory ratio {results['memory_ratio_vs_baseline']:.3f}x "
+        f"(in tensors {results['allocator_memory_ratio_vs_baseline']:.3f}x)"
+        + (
+            f", mixed precision speed-up {results['speedup_vs_ours_float32']:.3f}x (matrix multiply: "
+            f"{results['matmul_peak_ratio_vs_float32']:.3f}x)"
+            if "speedup_vs_ours_float32" in results
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ def build_step(
     size, batch = image_size, batch_size
     keras.config.set_dtype_policy(precision)
     if model_name == BASELINE:
+
         def make():
             return keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     elif model_name == "ours":
+
         def make():
             return resnet.build(config, [f"ResNet.input_shape = ({size}, {size}, 3)", "ResNet.num_classes = 1000"])
     else:

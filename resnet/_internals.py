@@ -164,4 +164,3 @@ def tflite_missing_ops(message: str) -> list[str]:
 def reports_no_space(message: str) -> bool:
     """Whether an error `message` of TensorFlow's file systems says the storage is full."""
     return any(words in message for words in _NO_SPACE_WORDS)
-

@@ -56,8 +56,11 @@ def filtered_stderr(noise: Sequence[str]) -> Iterator[None]:
     of the regular expressions `noise` (everything, if the block raises)."""
     with captured_stderr() as captured:
         yield
-    kept = [line for line in captured.text.splitlines(keepends=True)
-            if not any(re.search(pattern, line) for pattern in noise)]
+    kept = [
+        line
+        for line in captured.text.splitlines(keepends=True)
+        if not any(re.search(pattern, line) for pattern in noise)
+    ]
     if kept:
         sys.stderr.write("".join(kept))
         sys.stderr.flush()

@@ -24,7 +24,7 @@ from resnet.validation import first_line
 
 def define_gin_param_flag() -> None:
     flags.DEFINE_multi_string(
-        "gin_param", [], "A gin binding, e.g. \"Trainer.epochs = 10\"; repeatable, applied after the files."
+        "gin_param", [], 'A gin binding, e.g. "Trainer.epochs = 10"; repeatable, applied after the files.'
     )
 
 
@@ -73,9 +73,13 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
         except (tf.errors.OpError, OSError) as error:
             if not is_storage_full(error):
                 raise
-            print(f"{program}: error: no space left on the storage while writing ({first_line(error)}); what was "
-                  "written before is intact and nothing half-written is left. Free some space and run the same "
-                  "command again.", file=sys.stderr, flush=True)
+            print(
+                f"{program}: error: no space left on the storage while writing ({first_line(error)}); what was "
+                "written before is intact and nothing half-written is left. Free some space and run the same "
+                "command again.",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(distribution.CLUSTER_ERROR_EXIT_CODE)
         except TrainingInterrupted as interrupted:
             print(f"{program}: {interrupted}", file=sys.stderr, flush=True)

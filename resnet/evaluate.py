@@ -28,8 +28,11 @@ def main(argv: list[str]) -> None:
     trainer, _, evaluator, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
     print(f"Evaluating {path}", flush=True)
     results = evaluator.evaluate()
-    print(f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  loss {results['loss']:.4f}  "
-          f"examples {results['examples']}", flush=True)
+    print(
+        f"top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f}  loss {results['loss']:.4f}  "
+        f"examples {results['examples']}",
+        flush=True,
+    )
     trainer.run_dir.write_json("eval.json", dict(results, checkpoint=path))
     cli.print_json_last(results)
 

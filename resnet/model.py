@@ -64,9 +64,7 @@ def _check_head(include_top: bool, pooling: str | None, dropout_rate: float, num
 
 def _check_input_shape(input_shape: Any) -> tuple:
     if not isinstance(input_shape, Sequence) or len(input_shape) != 3:
-        raise ValueError(
-            f"`ResNet.input_shape` must be (height, width, channels); received {input_shape!r}."
-        )
+        raise ValueError(f"`ResNet.input_shape` must be (height, width, channels); received {input_shape!r}.")
     height, width, channels = input_shape
     check_int("ResNet.input_shape channels", channels)
     for dim in (height, width):
@@ -89,7 +87,11 @@ def _resolve_block_and_stem(
     bare = "`ResNet.preact` is True: the stem is a bare conv"
     stem_overrides = dict(shared_settings, **(dict(norm=None, activation=None) if preact else dict(norm=norm_spec)))
     stem_spec = resolve_spec(
-        "stem", stem, "ResNet.stem", overrides=stem_overrides, owner="ResNet",
+        "stem",
+        stem,
+        "ResNet.stem",
+        overrides=stem_overrides,
+        owner="ResNet",
         hints=dict(norm=bare, activation=bare) if preact else None,
     )
     return block_spec, stem_spec
@@ -235,7 +237,7 @@ def _weights_layout(model: keras.Model) -> dict[str, list[int]]:
     paths = [variable.path for variable in model.weights]
     prefix = os.path.commonprefix(paths)
     prefix = prefix[: prefix.rfind("/") + 1]
-    return {variable.path[len(prefix):]: [int(d) for d in variable.shape] for variable in model.weights}
+    return {variable.path[len(prefix) :]: [int(d) for d in variable.shape] for variable in model.weights}
 
 
 def _check_layout(name: str, saved: dict[str, list[int]], rebuilt: dict[str, list[int]]) -> None:
@@ -249,8 +251,12 @@ def _check_layout(name: str, saved: dict[str, list[int]], rebuilt: dict[str, lis
     if missing:
         problems.append(f"{name!r} has {listing(missing)}, which the file lacks")
     if reshaped:
-        problems.append("shapes differ: " + listing(
-            [f"{path} {tuple(saved[path])} in the file, {tuple(rebuilt[path])} in the model" for path in reshaped]))
+        problems.append(
+            "shapes differ: "
+            + listing(
+                [f"{path} {tuple(saved[path])} in the file, {tuple(rebuilt[path])} in the model" for path in reshaped]
+            )
+        )
     if problems:
         raise ValueError(
             f"The weights in the file do not fit {name!r} as its config builds it (was the config edited?); "
@@ -358,8 +364,15 @@ class ResNet(ArgsConfigMixin, keras.Model):
         _check_output_stride(output_stride, stem_layer.stride)
         widths = [max(1, round(filters * width_multiplier)) for filters in stage_filters]
         stages, feature_strides = _make_stages(
-            block_spec, stem_layer.stride, stage_blocks, widths, stage_strides, downsample_block, output_stride,
-            drop_path_rate, policy,
+            block_spec,
+            stem_layer.stride,
+            stage_blocks,
+            widths,
+            stage_strides,
+            downsample_block,
+            output_stride,
+            drop_path_rate,
+            policy,
         )
         total_stride = stem_layer.stride * math.prod(stage.strides for stage in stages)
         _check_fits(input_shape, total_stride)
@@ -480,4 +493,3 @@ class ResNet(ArgsConfigMixin, keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects=None) -> "ResNet":
         return cls(**config)
-

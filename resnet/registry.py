@@ -87,11 +87,7 @@ def register(kind: str | None = None, *aliases: str):
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The named constructor parameters of `cls`, without `self` and `*args/**kwargs`."""
     params = inspect.signature(cls.__init__).parameters
-    return {
-        name: p
-        for name, p in params.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    return {name: p for name, p in params.items() if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def names(kind: str) -> tuple[str, ...]:
@@ -114,9 +110,7 @@ def lookup(kind: str, value: Any, argument: str) -> type:
     if isinstance(value, str):
         if value in table:
             return table[value]
-        raise ValueError(
-            f"Unknown {kind} {value!r} for `{argument}`; expected one of: {', '.join(names(kind))}."
-        )
+        raise ValueError(f"Unknown {kind} {value!r} for `{argument}`; expected one of: {', '.join(names(kind))}.")
     if inspect.isclass(value):
         registered = table.get(value.__name__)
         if registered is not None and value in (registered, _CONFIGURABLES[registered]):
@@ -131,9 +125,7 @@ def lookup(kind: str, value: Any, argument: str) -> type:
             f"`{argument}` takes a {kind} class, name or spec dict, not a layer instance "
             f"(received {value.name!r}); in gin write `@{type(value).__name__}`, without `()`."
         )
-    raise ValueError(
-        f"`{argument}` must be a {kind} name, class or spec dict; received {value!r}."
-    )
+    raise ValueError(f"`{argument}` must be a {kind} name, class or spec dict; received {value!r}.")
 
 
 def serialize_value(value: Any) -> Any:
@@ -231,10 +223,7 @@ def resolve_spec(
 
     unknown = sorted(set(explicit) - set(spec_params))
     if unknown:
-        raise ValueError(
-            f"`{argument}` gives {cls.__name__} unknown argument(s) {unknown}; "
-            f"allowed: {spec_params}."
-        )
+        raise ValueError(f"`{argument}` gives {cls.__name__} unknown argument(s) {unknown}; allowed: {spec_params}.")
     if not isinstance(set_by_owner, (list, tuple)) or not all(arg in spec_params for arg in set_by_owner):
         raise ValueError(
             f"`{argument}` spec's {SET_BY_OWNER!r} must list arguments of {cls.__name__} ({spec_params}); "

@@ -30,7 +30,9 @@ DEMO = "experiments/demo"
 flags.DEFINE_multi_string("gin_file", [], f"Gin config: a shipped name or a path; repeatable. Default: {DEMO}.")
 cli.define_gin_param_flag()
 flags.DEFINE_string(
-    "model_dir", None, "Directory of the run, a path or a TensorFlow file system URI (default: ./runs/<config>-<timestamp>)."
+    "model_dir",
+    None,
+    "Directory of the run, a path or a TensorFlow file system URI (default: ./runs/<config>-<timestamp>).",
 )
 FLAGS = flags.FLAGS
 

@@ -11,9 +11,7 @@ def check_choice(argument: str, value: Any, allowed: Iterable[Any]) -> Any:
     """Returns `value` if it is one of `allowed`, else raises `ValueError`."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(
-            f"`{argument}` must be one of {', '.join(repr(a) for a in allowed)}; received {value!r}."
-        )
+        raise ValueError(f"`{argument}` must be one of {', '.join(repr(a) for a in allowed)}; received {value!r}.")
     return value
 
 
@@ -41,9 +39,7 @@ def check_int_sequence(argument: str, value: Any, length: int | None = None, min
         raise ValueError(f"`{argument}` must have {length} entries; received {len(value)}: {tuple(value)!r}.")
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
-            raise ValueError(
-                f"`{argument}` must hold integers >= {minimum}; received {tuple(value)!r}."
-            )
+            raise ValueError(f"`{argument}` must hold integers >= {minimum}; received {tuple(value)!r}.")
     return tuple(value)
 
 

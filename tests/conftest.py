@@ -139,7 +139,7 @@ def files_below(location: str) -> dict[str, bytes]:
         for name in names:
             path = f"{directory.rstrip('/')}/{name}"
             with tf.io.gfile.GFile(path, "rb") as f:
-                found[path[len(location) + 1:]] = f.read()
+                found[path[len(location) + 1 :]] = f.read()
     return found
 
 

@@ -22,8 +22,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def run_script(name: str, *args: str, expect_failure: bool = False) -> subprocess.CompletedProcess:
     """Runs a benchmark script as a subprocess; tests that call it are marked `slow`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     if expect_failure:
         assert result.returncode != 0, result.stdout
     else:
@@ -45,8 +46,17 @@ def load_module(name: str):
 def test_throughput_reports_both_models_and_the_mixed_precision_speedup(tmp_path):
     out = tmp_path / "throughput.json"
     run_script(
-        "throughput.py", "--config=resnet18", "--mode=train", "--precision=mixed_bfloat16", "--batch_size=2",
-        "--image_size=32", "--steps=1", "--repeats=2", "--warmup=1", "--memory_probes=1", f"--json={out}",
+        "throughput.py",
+        "--config=resnet18",
+        "--mode=train",
+        "--precision=mixed_bfloat16",
+        "--batch_size=2",
+        "--image_size=32",
+        "--steps=1",
+        "--repeats=2",
+        "--warmup=1",
+        "--memory_probes=1",
+        f"--json={out}",
     )
     results = json.loads(out.read_text())
     models = results["models"]
@@ -56,19 +66,30 @@ def test_throughput_reports_both_models_and_the_mixed_precision_speedup(tmp_path
         assert entry["images_per_second"] > 0 and entry["gflops"] > 0
     ours, base = models["ours@mixed_bfloat16"], models["keras.applications.ResNet50@mixed_bfloat16"]
     # The analytic MAC counts at 32x32: ResNet-18 against ResNet-50.
-    assert ours["gmacs_per_image"] == pytest.approx(resnet.count_macs(resnet.build("resnet18", ["ResNet.input_shape = (32, 32, 3)"])) / 1e9, abs=1e-3)
+    assert ours["gmacs_per_image"] == pytest.approx(
+        resnet.count_macs(resnet.build("resnet18", ["ResNet.input_shape = (32, 32, 3)"])) / 1e9, abs=1e-3
+    )
     assert base["gmacs_per_image"] > ours["gmacs_per_image"]
-    assert 0 < ours["fraction_of_matmul_peak"] == pytest.approx(ours["gflops"] / results["matmul_peak_gflops"], abs=2e-3)
+    assert (
+        0 < ours["fraction_of_matmul_peak"] == pytest.approx(ours["gflops"] / results["matmul_peak_gflops"], abs=2e-3)
+    )
     assert ours["peak_memory_mib"] > 100 and base["peak_memory_mib"] > 100
-    assert results["speed_ratio_vs_baseline"] == pytest.approx(ours["images_per_second"] / base["images_per_second"], rel=1e-2)
-    assert results["memory_ratio_vs_baseline"] == pytest.approx(ours["peak_memory_mib"] / base["peak_memory_mib"], rel=1e-2)
+    assert results["speed_ratio_vs_baseline"] == pytest.approx(
+        ours["images_per_second"] / base["images_per_second"], rel=1e-2
+    )
+    assert results["memory_ratio_vs_baseline"] == pytest.approx(
+        ours["peak_memory_mib"] / base["peak_memory_mib"], rel=1e-2
+    )
     assert 0 < ours["allocator_peak_mib"] < ours["peak_memory_mib"]
     assert results["allocator_memory_ratio_vs_baseline"] == pytest.approx(
-        ours["allocator_peak_mib"] / base["allocator_peak_mib"], rel=1e-2)
+        ours["allocator_peak_mib"] / base["allocator_peak_mib"], rel=1e-2
+    )
     assert results["speedup_vs_ours_float32"] == pytest.approx(
-        ours["images_per_second"] / models["ours@float32"]["images_per_second"], rel=1e-2)
+        ours["images_per_second"] / models["ours@float32"]["images_per_second"], rel=1e-2
+    )
     assert results["matmul_peak_ratio_vs_float32"] == pytest.approx(
-        results["matmul_peak_gflops"] / results["matmul_peak_float32_gflops"], rel=1e-2)
+        results["matmul_peak_gflops"] / results["matmul_peak_float32_gflops"], rel=1e-2
+    )
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["tensorflow"]
 
 
@@ -78,8 +99,16 @@ def test_throughput_inference_of_a_gin_file(tmp_path):
     gin_file.write_text("include 'resnet18.gin'\nResNet.stage_filters = (8, 16, 32, 64)\n")
     out = tmp_path / "throughput.json"
     result = run_script(
-        "throughput.py", f"--config={gin_file}", "--mode=inference", "--batch_size=1", "--image_size=32",
-        "--steps=1", "--repeats=1", "--warmup=1", "--memory_probes=1", f"--json={out}",
+        "throughput.py",
+        f"--config={gin_file}",
+        "--mode=inference",
+        "--batch_size=1",
+        "--image_size=32",
+        "--steps=1",
+        "--repeats=1",
+        "--warmup=1",
+        "--memory_probes=1",
+        f"--json={out}",
     )
     results = json.loads(out.read_text())
     assert set(results["models"]) == {"ours@float32", "keras.applications.ResNet50@float32"}
@@ -91,15 +120,25 @@ def test_throughput_inference_of_a_gin_file(tmp_path):
 def test_input_pipeline_reports_rates_of_both_cases(tmp_path):
     out = tmp_path / "pipeline.json"
     run_script(
-        "input_pipeline.py", "--tfrecord_images=8", "--tfrecord_shards=2", "--pipeline_batches=2", "--model_steps=1",
-        "--repeats=1", "--demo_batch_size=8", "--tfrecord_batch_size=2", "--tfrecord_config=resnet18",
-        "--tfrecord_image_size=64", f"--json={out}",
+        "input_pipeline.py",
+        "--tfrecord_images=8",
+        "--tfrecord_shards=2",
+        "--pipeline_batches=2",
+        "--model_steps=1",
+        "--repeats=1",
+        "--demo_batch_size=8",
+        "--tfrecord_batch_size=2",
+        "--tfrecord_config=resnet18",
+        "--tfrecord_image_size=64",
+        f"--json={out}",
     )
     results = json.loads(out.read_text())
     for case in ("demo", "tfrecord"):
         entry = results[case]
         assert entry["pipeline_images_per_second"] > 0 and entry["model_images_per_second"] > 0
-        assert entry["ratio"] == pytest.approx(entry["pipeline_images_per_second"] / entry["model_images_per_second"], rel=2e-2)
+        assert entry["ratio"] == pytest.approx(
+            entry["pipeline_images_per_second"] / entry["model_images_per_second"], rel=2e-2
+        )
 
 
 @pytest.mark.slow
@@ -139,8 +178,12 @@ def test_degradation_writes_figure_table_and_verdict_then_resumes(tmp_path):
         assert results["final"][name]["test_error"] == curve["test_error"][-1]
     holds = results["ordering_holds"]
     final = results["final"]
-    assert holds["plain14_worse_than_plain8_train_error"] == (final["plain14"]["train_error"] > final["plain8"]["train_error"])
-    assert holds["resnet14_no_worse_than_resnet8_test_error"] == (final["resnet14"]["test_error"] <= final["resnet8"]["test_error"])
+    assert holds["plain14_worse_than_plain8_train_error"] == (
+        final["plain14"]["train_error"] > final["plain8"]["train_error"]
+    )
+    assert holds["resnet14_no_worse_than_resnet8_test_error"] == (
+        final["resnet14"]["test_error"] <= final["resnet8"]["test_error"]
+    )
     table = (out / "degradation.md").read_text()
     assert "| plain14 |" in table and "| resnet8 |" in table and "holds here" in table
     assert "plain14" in first.stdout
@@ -163,8 +206,9 @@ def test_degradation_reads_cifar10_from_data_dir(tmp_path):
     cifar = tmp_path / "cifar-10-batches-py"
     write_cifar10(cifar, per_batch=4)
     out = tmp_path / "degradation"
-    run_script("degradation.py", f"--data_dir={cifar}", "--depths=8,14", "--epochs=1", "--batch_size=4",
-               f"--output_dir={out}")
+    run_script(
+        "degradation.py", f"--data_dir={cifar}", "--depths=8,14", "--epochs=1", "--batch_size=4", f"--output_dir={out}"
+    )
     results = json.loads((out / "degradation.json").read_text())
     assert results["settings"]["data"] == "cifar10"
     assert results["curves"]["resnet8"]["epoch"] == [1]
@@ -172,8 +216,9 @@ def test_degradation_reads_cifar10_from_data_dir(tmp_path):
 
 @pytest.mark.slow
 def test_degradation_names_a_missing_data_dir(tmp_path):
-    result = run_script("degradation.py", f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'out'}",
-                        expect_failure=True)
+    result = run_script(
+        "degradation.py", f"--data_dir={tmp_path / 'nowhere'}", f"--output_dir={tmp_path / 'out'}", expect_failure=True
+    )
     assert "nowhere" in result.stderr
 
 
@@ -194,7 +239,9 @@ def test_profile_step_parses_onednn_kernels_and_groups_op_types():
     ]
     kernels = profile.summarize_onednn(lines, steps=2)["kernels"]
     assert [(k["kind"], k["direction"], k["implementation"]) for k in kernels] == [
-        ("convolution", "forward_training", "brg_conv_fwd:avx512_core"), ("reorder", "undef", "jit:uni")]
+        ("convolution", "forward_training", "brg_conv_fwd:avx512_core"),
+        ("reorder", "undef", "jit:uni"),
+    ]
     convolution, reorder = kernels
     assert convolution["calls_per_step"] == 1 and convolution["ms_per_step"] == 1.0
     assert convolution["gflops"] == pytest.approx(round(2 * 2 * 72 / 2e-3 / 1e9, 1))
@@ -210,13 +257,25 @@ def test_profile_step_reports_op_parts_and_onednn_kernels(tmp_path):
     gin_file = tmp_path / "tiny.gin"
     gin_file.write_text("include 'resnet18.gin'\nResNet.stage_filters = (8, 16, 32, 64)\n")
     out = tmp_path / "profile.json"
-    result = run_script("profile_step.py", f"--config={gin_file}", "--batch_size=2", "--image_size=32", "--steps=1",
-                        "--warmup=1", f"--json={out}")
+    result = run_script(
+        "profile_step.py",
+        f"--config={gin_file}",
+        "--batch_size=2",
+        "--image_size=32",
+        "--steps=1",
+        "--warmup=1",
+        f"--json={out}",
+    )
     results = json.loads(out.read_text())
     assert results["step_ms"] > 0 and results["op_ms_per_step"] > 0
     assert sum(part["share"] for part in results["parts"].values()) == pytest.approx(1, abs=0.01)
-    for part in ("convolution forward", "convolution data gradient", "convolution weight gradient",
-                 "batch norm forward", "batch norm backward"):
+    for part in (
+        "convolution forward",
+        "convolution data gradient",
+        "convolution weight gradient",
+        "batch norm forward",
+        "batch norm backward",
+    ):
         assert results["parts"][part]["ms_per_step"] > 0, part
     directions = {k["direction"] for k in results["onednn"]["kernels"] if k["kind"] == "convolution"}
     assert directions == {"forward_training", "backward_data", "backward_weights"}
@@ -227,12 +286,25 @@ def test_profile_step_reports_op_parts_and_onednn_kernels(tmp_path):
 @pytest.mark.slow
 def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
-    result = run_script("scaling.py", "--precisions=float32", "--batch_sizes=1", "--image_sizes=32",
-                        "--image_size=32", "--batch_size=1", "--min_seconds=0", "--min_steps=1", "--warmup=0",
-                        "--config=resnet18", f"--json={out}", f"--plot={png}")
+    result = run_script(
+        "scaling.py",
+        "--precisions=float32",
+        "--batch_sizes=1",
+        "--image_sizes=32",
+        "--image_size=32",
+        "--batch_size=1",
+        "--min_seconds=0",
+        "--min_steps=1",
+        "--warmup=0",
+        "--config=resnet18",
+        f"--json={out}",
+        f"--plot={png}",
+    )
     results = json.loads(out.read_text())
     assert [(p["mode"], p["batch_size"], p["image_size"]) for p in results["points"]] == [
-        ("inference", 1, 32), ("train", 1, 32)]
+        ("inference", 1, 32),
+        ("train", 1, 32),
+    ]
     for point in results["points"]:
         for model in ("ours", "keras"):
             assert point[model]["images_per_second"] > 0 and point[model]["allocator_peak_mib"] > 0
@@ -243,8 +315,19 @@ def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
 
     # A point that fails is recorded with its error; the other model's is still measured.
     missing = tmp_path / "missing.gin"
-    run_script("scaling.py", "--modes=inference", "--precisions=float32", "--batch_sizes=1", "--image_sizes=32",
-               "--image_size=32", "--batch_size=1", "--min_seconds=0", "--min_steps=1", "--warmup=0",
-               f"--config={missing}", f"--json={out}")
+    run_script(
+        "scaling.py",
+        "--modes=inference",
+        "--precisions=float32",
+        "--batch_sizes=1",
+        "--image_sizes=32",
+        "--image_size=32",
+        "--batch_size=1",
+        "--min_seconds=0",
+        "--min_steps=1",
+        "--warmup=0",
+        f"--config={missing}",
+        f"--json={out}",
+    )
     point = json.loads(out.read_text())["points"][0]
     assert "missing.gin" in point["ours"]["error"] and point["keras"]["images_per_second"] > 0

@@ -33,16 +33,33 @@ def outcome(error: BaseException, capsys) -> tuple[int, str]:
     [
         (ValueError("`--x` must be 1; received 2."), 2, "resnet-test: error: `--x` must be 1; received 2."),
         (TrainingDiverged("The training loss is nan"), 2, "resnet-test: error: The training loss is nan"),
-        (TrainingStopped("Stopped by a stop signal"), distribution.PREEMPTED_EXIT_CODE, "resnet-test: Stopped by a stop signal"),
-        (RunDirectoryLocked("`--model_dir` 'r' is in use by another run: host h. Wait for it"), 75,
-         "resnet-test: error: `--model_dir` 'r' is in use by another run: host h. Wait for it"),
-        (StorageFull("No space left ... Nothing was lost"), 75, "resnet-test: error: No space left ... Nothing was lost"),
-        (tf.errors.ResourceExhaustedError(None, None, "/out/.e.partial/x.tflite; No space left on device"), 75,
-         "resnet-test: error: no space left on the storage while writing (/out/.e.partial/x.tflite; No space left on "
-         "device); what was written before is intact"),
+        (
+            TrainingStopped("Stopped by a stop signal"),
+            distribution.PREEMPTED_EXIT_CODE,
+            "resnet-test: Stopped by a stop signal",
+        ),
+        (
+            RunDirectoryLocked("`--model_dir` 'r' is in use by another run: host h. Wait for it"),
+            75,
+            "resnet-test: error: `--model_dir` 'r' is in use by another run: host h. Wait for it",
+        ),
+        (
+            StorageFull("No space left ... Nothing was lost"),
+            75,
+            "resnet-test: error: No space left ... Nothing was lost",
+        ),
+        (
+            tf.errors.ResourceExhaustedError(None, None, "/out/.e.partial/x.tflite; No space left on device"),
+            75,
+            "resnet-test: error: no space left on the storage while writing (/out/.e.partial/x.tflite; No space left on "
+            "device); what was written before is intact",
+        ),
         (OSError(errno.ENOSPC, "No space left on device"), 75, "resnet-test: error: no space left on the storage"),
-        (TrainingInterrupted("Interrupted. The newest backup, r/backup/backup-3, holds"), 130,
-         "resnet-test: Interrupted. The newest backup, r/backup/backup-3, holds"),
+        (
+            TrainingInterrupted("Interrupted. The newest backup, r/backup/backup-3, holds"),
+            130,
+            "resnet-test: Interrupted. The newest backup, r/backup/backup-3, holds",
+        ),
         (KeyboardInterrupt(), 130, "resnet-test: interrupted; nothing was written."),
     ],
 )

@@ -125,11 +125,14 @@ def _write(tmp_path, text):
 
 
 def test_unknown_configurable_names_file_line_and_name(tmp_path):
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         include 'resnet18.gin'
         ResNet.num_classes = 10
         ResNett.num_classes = 10
-        """)
+        """,
+    )
     with pytest.raises(ValueError) as info:
         resnet.build(path)
     message = str(info.value)
@@ -137,10 +140,13 @@ def test_unknown_configurable_names_file_line_and_name(tmp_path):
 
 
 def test_unknown_parameter_names_file_line_and_parameter(tmp_path):
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         include 'resnet18.gin'
         BasicBlock.grups = 2
-        """)
+        """,
+    )
     with pytest.raises(ValueError) as info:
         resnet.build(path)
     message = str(info.value)
@@ -148,10 +154,13 @@ def test_unknown_parameter_names_file_line_and_parameter(tmp_path):
 
 
 def test_syntax_error_names_file_and_line(tmp_path):
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         ResNet.num_classes = 10
         ResNet.stage_blocks = (2, 2
-        """)
+        """,
+    )
     with pytest.raises(ValueError) as info:
         resnet.build(path)
     message = str(info.value)

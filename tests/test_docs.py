@@ -57,8 +57,13 @@ def test_docstring_examples(name):
 def test_every_public_class_has_an_example():
     import resnet
 
-    missing = [n for n in resnet.__all__ if isinstance(getattr(resnet, n), type)
-               and ">>>" not in (getattr(resnet, n).__doc__ or "") and n not in ("ResidualBlock", "Shortcut")]
+    missing = [
+        n
+        for n in resnet.__all__
+        if isinstance(getattr(resnet, n), type)
+        and ">>>" not in (getattr(resnet, n).__doc__ or "")
+        and n not in ("ResidualBlock", "Shortcut")
+    ]
     assert not missing
 
 

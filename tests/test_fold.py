@@ -58,14 +58,23 @@ def test_frozen_norms_fold_and_mixed_precision_stays_close():
 
 
 def test_models_that_are_not_a_resnet_are_refused():
-    sequential = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    sequential = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()]
+    )
     inputs = keras.Input((8, 8, 3))
     plain = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs)), name="plain")
     stage = resnet.ResidualStage("basic", num_blocks=1, filters=4, name="stage")
-    for model, received in ((sequential, "Sequential 'sequential'"), (plain, "Functional 'plain'"),
-                            (stage, "ResidualStage 'stage'"), ("resnet18", "str")):
-        with pytest.raises(ValueError, match=r"`model` must be a ResNet built by this package \(resnet.build\(...\) or "
-                                             rf"resnet.ResNet\(...\)\).*; received {received}\.$"):
+    for model, received in (
+        (sequential, "Sequential 'sequential'"),
+        (plain, "Functional 'plain'"),
+        (stage, "ResidualStage 'stage'"),
+        ("resnet18", "str"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"`model` must be a ResNet built by this package \(resnet.build\(...\) or "
+            rf"resnet.ResNet\(...\)\).*; received {received}\.$",
+        ):
             resnet.fold_batch_norm(model)
 
 
@@ -79,8 +88,20 @@ def test_fold_benchmark_reports_both_models_per_precision_and_batch(tmp_path):
     out = tmp_path / "fold.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "fold.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--config=cifar/resnet20", "--image_size=32", "--batch_sizes=1,4", "--steps=1",
-         "--repeats=2", "--warmup=1", f"--json={out}"], capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(script),
+            "--config=cifar/resnet20",
+            "--image_size=32",
+            "--batch_sizes=1,4",
+            "--steps=1",
+            "--repeats=2",
+            "--warmup=1",
+            f"--json={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -91,6 +112,7 @@ def test_fold_benchmark_reports_both_models_per_precision_and_batch(tmp_path):
             for name in ("unfolded", "folded"):
                 assert 0 < entry[name]["min"] <= entry[name]["images_per_second"] <= entry[name]["max"]
             assert entry["speedup"] == pytest.approx(
-                entry["folded"]["images_per_second"] / entry["unfolded"]["images_per_second"], rel=1e-2)
+                entry["folded"]["images_per_second"] / entry["unfolded"]["images_per_second"], rel=1e-2
+            )
             assert entry["max_relative_difference"] < (1e-5 if precision == "float32" else 0.05)
     assert results["machine"]["cpu"]

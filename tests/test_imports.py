@@ -17,8 +17,18 @@ PACKAGE = Path(resnet.__file__).resolve().parent
 def test_the_package_gives_every_public_name_from_its_module():
     import resnet.layers
 
-    core = ["ResNet", "ResidualStage", "available_configs", "available_experiments", "build", "config_path",
-            "count_macs", "fold_batch_norm", "parse", "register"]
+    core = [
+        "ResNet",
+        "ResidualStage",
+        "available_configs",
+        "available_experiments",
+        "build",
+        "config_path",
+        "count_macs",
+        "fold_batch_norm",
+        "parse",
+        "register",
+    ]
     assert resnet.__all__ == [*core, *resnet.layers.__all__]
     for name in resnet.__all__:
         home = importlib.import_module(resnet._MODULES[name])
@@ -42,8 +52,12 @@ print(type(model).__name__)
 def test_a_new_process_that_imports_resnet_loads_a_keras_file(tmp_path):
     """`import resnet` registers the classes with Keras: nothing else need be used first."""
     resnet.build("cifar/resnet20").save(tmp_path / "m.keras")
-    result = subprocess.run([sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "m.keras")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "m.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ResNet", result.stderr[-2000:]
 
 
@@ -59,8 +73,10 @@ def _modules() -> dict[str, Path]:
 def _type_checking_only(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
-        isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-        or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
     )
 
 
@@ -84,8 +100,10 @@ def _imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             assert not node.level, f"{path}:{node.lineno}: a relative import; the package imports by absolute names"
-            names.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                         for alias in node.names)
+            names.update(
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            )
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
             names.add(node.value)
     imported = names & set(modules)

@@ -55,8 +55,10 @@ def canary(internal: str, library: str, changed: str, check: str):
     try:
         yield
     except Exception as error:  # noqa: BLE001  (assertion or API error: both mean a change)
-        pytest.fail(f"resnet._internals.{internal}: {library} changed {changed}; {check} "
-                    f"({type(error).__name__}: {error})", pytrace=False)
+        pytest.fail(
+            f"resnet._internals.{internal}: {library} changed {changed}; {check} ({type(error).__name__}: {error})",
+            pytrace=False,
+        )
 
 
 def test_flatten_layers():
@@ -73,15 +75,20 @@ def test_flatten_layers():
     holder = Holder()
     outer = keras.Model(inputs, holder(inputs))
     model = resnet.build("cifar/resnet20")
-    with canary("flatten_layers", KERAS, "Layer._flatten_layers(include_self=True, recursive=True)",
-                "fold_batch_norm and count_macs need every layer inside a model, at any depth, each once"):
+    with canary(
+        "flatten_layers",
+        KERAS,
+        "Layer._flatten_layers(include_self=True, recursive=True)",
+        "fold_batch_norm and count_macs need every layer inside a model, at any depth, each once",
+    ):
         found = _internals.flatten_layers(outer)
         assert len({id(layer) for layer in found}) == len(found), "a layer is listed twice"
         expected = [outer, holder, holder._hidden, holder.listed[0]]
         assert all(any(layer is wanted for layer in found) for wanted in expected), [layer.name for layer in found]
         kernels = {id(layer.kernel) for layer in _internals.flatten_layers(model) if isinstance(layer, resnet.Conv2D)}
-        assert kernels == {id(w) for w in model.weights if w.path.endswith("kernel") and len(w.shape) == 4}, \
+        assert kernels == {id(w) for w in model.weights if w.path.endswith("kernel") and len(w.shape) == 4}, (
             "convolutions of the ResNet are missing"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +132,24 @@ def _report(result: subprocess.CompletedProcess) -> dict:
 
 
 def test_devices_initialized(fresh_process):
-    with canary("devices_initialized", TENSORFLOW, "the eager context's `_initialized`",
-                "distribution.setup needs to know whether TensorFlow has fixed the process's devices"):
+    with canary(
+        "devices_initialized",
+        TENSORFLOW,
+        "the eager context's `_initialized`",
+        "distribution.setup needs to know whether TensorFlow has fixed the process's devices",
+    ):
         report = _report(fresh_process)
         assert (report["before_an_op"], report["after_an_op"]) == (False, True), report
 
 
 def test_configure_coordination_service(fresh_process):
-    with canary("configure_coordination_service", TENSORFLOW,
-                "context.configure_coordination_service or CoordinationServiceConfig",
-                "a multi-worker cluster needs its registration timeout, barrier and heartbeat timeout "
-                "(run tests/training/test_cluster.py -m slow)"):
+    with canary(
+        "configure_coordination_service",
+        TENSORFLOW,
+        "context.configure_coordination_service or CoordinationServiceConfig",
+        "a multi-worker cluster needs its registration timeout, barrier and heartbeat timeout "
+        "(run tests/training/test_cluster.py -m slow)",
+    ):
         assert _report(fresh_process)["config"] == {
             "service_type": "standalone",
             "service_leader": "/job:chief/replica:0/task:0",
@@ -149,8 +163,12 @@ def test_configure_coordination_service(fresh_process):
 def test_check_peer_health():
     """Without a cluster the runtime refuses the check; the real one is in
     tests/training/test_cluster.py::test_the_survivor_of_a_killed_worker_exits_clearly ("probed")."""
-    with canary("check_peer_health", TENSORFLOW, "context.check_collective_ops_peer_health(task, timeout_in_ms)",
-                "a lost worker that TensorFlow's message does not name is found by this health check"):
+    with canary(
+        "check_peer_health",
+        TENSORFLOW,
+        "context.check_collective_ops_peer_health(task, timeout_in_ms)",
+        "a lost worker that TensorFlow's message does not name is found by this health check",
+    ):
         with pytest.raises(tf.errors.OpError):
             _internals.check_peer_health("/job:worker/replica:0/task:1", 0.1)
 
@@ -159,9 +177,12 @@ def test_variable_checkpoint_key(tmp_path):
     names = ["stage1/block1/conv1/kernel", "bn.moving_mean", "odd.S/name..with/.dots."]
     checkpoint = tf.train.Checkpoint(model={name: tf.Variable(float(i)) for i, name in enumerate(names)})
     path = checkpoint.write(str(tmp_path / "ckpt"))
-    with canary("variable_checkpoint_key", TENSORFLOW, "the keys tf.train.Checkpoint stores variables under",
-                "restoring checks every model variable against the file by its key (see trackable_utils."
-                "escape_local_name)"):
+    with canary(
+        "variable_checkpoint_key",
+        TENSORFLOW,
+        "the keys tf.train.Checkpoint stores variables under",
+        "restoring checks every model variable against the file by its key (see trackable_utils.escape_local_name)",
+    ):
         keys = {key for key, _ in tf.train.list_variables(path) if key.startswith("model/")}
         assert keys == {_internals.variable_checkpoint_key("model", name) for name in names}, sorted(keys)
         assert sorted(_internals.variable_object_path(key) for key in keys) == sorted(("model", n) for n in names)
@@ -171,8 +192,12 @@ def test_variable_checkpoint_key(tmp_path):
 def test_cluster_messages():
     """TensorFlow 2.21's messages (recorded); the slow tests of tests/training/test_cluster.py parse
     real ones from a two-worker cluster."""
-    with canary("lost_tasks and is_cluster_message", TENSORFLOW, "its messages about a lost worker",
-                "record new ones from tests/training/test_cluster.py -m slow"):
+    with canary(
+        "lost_tasks and is_cluster_message",
+        TENSORFLOW,
+        "its messages about a lost worker",
+        "record new ones from tests/training/test_cluster.py -m slow",
+    ):
         assert _internals.lost_tasks(HEARTBEATS_STOPPED) == ["/job:worker/replica:0/task:2"]
         assert _internals.lost_tasks(RELAYED) == ["/job:worker/replica:0/task:2"]  # the first remote target
         assert _internals.lost_tasks(LEADER_GONE) == ["/job:worker/replica:0/task:0"]
@@ -187,8 +212,12 @@ def test_tflite_missing_ops(capfd):
         return tf.image.resize(images, [4, 4], antialias=True)  # ScaleAndTranslate: no TFLite builtin
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([antialiased.get_concrete_function()], antialiased)
-    with canary("tflite_missing_ops", TENSORFLOW, "the TFLite converter's error for an op without a builtin",
-                "resnet-export must name the ops TFLite lacks"):
+    with canary(
+        "tflite_missing_ops",
+        TENSORFLOW,
+        "the TFLite converter's error for an op without a builtin",
+        "resnet-export must name the ops TFLite lacks",
+    ):
         with pytest.raises(Exception) as caught:
             converter.convert()
         assert _internals.tflite_missing_ops(str(caught.value)) == ["ScaleAndTranslate"], str(caught.value)[:2000]
@@ -197,8 +226,12 @@ def test_tflite_missing_ops(capfd):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device that is always full")
 def test_reports_no_space():
-    with canary("reports_no_space", TENSORFLOW, "how its file systems report a full disk",
-                "a full disk while saving must stop training with StorageFull"):
+    with canary(
+        "reports_no_space",
+        TENSORFLOW,
+        "how its file systems report a full disk",
+        "a full disk while saving must stop training with StorageFull",
+    ):
         with pytest.raises(tf.errors.OpError) as caught:
             with tf.io.gfile.GFile("/dev/full", "wb") as f:
                 f.write(b"0" * 1024)

@@ -16,8 +16,10 @@ import pytest
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                       reason="jax is not installed (it is never a dependency); CI's JAX step installs jax[cpu]"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("jax") is None,
+        reason="jax is not installed (it is never a dependency); CI's JAX step installs jax[cpu]",
+    ),
 ]
 
 SCRIPT = r"""

@@ -38,7 +38,10 @@ def test_features_of_last_block_downsampling_layout_keep_pyramid_strides():
     model = resnet.build("keras_resnet50_v2")
     features = model.extract_features(images(batch=1, size=64))
     assert {k: tuple(v.shape)[1:3] for k, v in features.items()} == {
-        "C2": (16, 16), "C3": (8, 8), "C4": (4, 4), "C5": (2, 2),
+        "C2": (16, 16),
+        "C3": (8, 8),
+        "C4": (4, 4),
+        "C5": (2, 2),
     }
     # C5 of a pre-activation network is after the final norm + ReLU, as the head sees it.
     assert float(np.min(features["C5"])) >= 0.0
@@ -99,9 +102,7 @@ def test_features_feed_another_functional_model():
     backbone = resnet.build("resnet18", ["ResNet.include_top = False"])
     inputs = keras.Input((64, 64, 3))
     features = backbone.extract_features(inputs)
-    merged = keras.layers.Concatenate()(
-        [keras.layers.GlobalAveragePooling2D()(features[k]) for k in ("C4", "C5")]
-    )
+    merged = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(features[k]) for k in ("C4", "C5")])
     head = keras.Model(inputs, keras.layers.Dense(3)(merged))
     assert head(images(batch=2, size=64)).shape == (2, 3)
 
@@ -110,7 +111,11 @@ def test_summary_lists_stem_stages_and_head_with_counts(resnet50):
     printed = []
     resnet50.summary(print_fn=lambda text, **kwargs: printed.append(text))
     text = "\n".join(printed)
-    for row, layer in [("stem (ClassicStem)", "stem"), ("stage4 (ResidualStage)", "stage4"), ("classifier (Dense)", "classifier")]:
+    for row, layer in [
+        ("stem (ClassicStem)", "stem"),
+        ("stage4 (ResidualStage)", "stage4"),
+        ("classifier (Dense)", "classifier"),
+    ]:
         line = next(line for line in text.splitlines() if row in line)
         assert f"{resnet50.get_layer(layer).count_params():,}" in line
     assert "(None, 56, 56, 64)" in text and "(None, 7, 7, 2048)" in text
@@ -147,7 +152,9 @@ def test_stochastic_depth_grows_linearly_and_acts_only_in_training():
     # also with batch norm taking batch statistics in both.
     a, b = np.asarray(model(x, training=True)), np.asarray(model(x, training=True))
     assert not np.allclose(a, b)
-    np.testing.assert_allclose(np.asarray(without(x, training=True)), np.asarray(without(x, training=True)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(without(x, training=True)), np.asarray(without(x, training=True)), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
@@ -226,8 +233,14 @@ def test_bad_stride_placement_is_named():
 
 def test_output_stride_below_stem_stride_is_named():
     with pytest.raises(ValueError, match=r"output_stride.*=8.*stem \(16\)"):
-        resnet.ResNet("basic", stage_blocks=(1, 1), stage_filters=(8, 8), stage_strides=(2, 2), output_stride=8,
-                      stem={"class_name": "ClassicStem", "config": {"strides": 8}})
+        resnet.ResNet(
+            "basic",
+            stage_blocks=(1, 1),
+            stage_filters=(8, 8),
+            stage_strides=(2, 2),
+            output_stride=8,
+            stem={"class_name": "ClassicStem", "config": {"strides": 8}},
+        )
 
 
 def test_weight_names_are_deterministic(resnet50):
@@ -247,24 +260,56 @@ def test_weight_names_are_deterministic(resnet50):
 def test_block_and_stem_specs_may_not_contradict_the_network_wide_settings():
     """ResNet sets norm, activation, padding, ... on every block and stem; a spec that says otherwise
     would be overridden without a word, so it is refused, naming both values."""
-    with pytest.raises(ValueError, match=r"`ResNet.block` spec sets BasicBlock.norm='group', but ResNet sets "
-                                         r"norm=\{'class_name': 'BatchNorm', .*\} for every block \(bind `ResNet.norm`\)\."):
-        resnet.ResNet({"class_name": "basic", "config": {"norm": "group"}}, stage_blocks=(1, 1),
-                      stage_filters=(16, 32), stage_strides=(1, 2), stem="cifar")
-    with pytest.raises(ValueError, match=r"`ResNet.stem` spec sets CifarStem.use_bias=True, but ResNet sets "
-                                         r"use_bias='auto' for every stem \(bind `ResNet.use_bias`\)\."):
-        resnet.ResNet("basic", stage_blocks=(1, 1), stage_filters=(16, 32), stage_strides=(1, 2), use_bias="auto",
-                      stem={"class_name": "cifar", "config": {"use_bias": True}})
+    with pytest.raises(
+        ValueError,
+        match=r"`ResNet.block` spec sets BasicBlock.norm='group', but ResNet sets "
+        r"norm=\{'class_name': 'BatchNorm', .*\} for every block \(bind `ResNet.norm`\)\.",
+    ):
+        resnet.ResNet(
+            {"class_name": "basic", "config": {"norm": "group"}},
+            stage_blocks=(1, 1),
+            stage_filters=(16, 32),
+            stage_strides=(1, 2),
+            stem="cifar",
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"`ResNet.stem` spec sets CifarStem.use_bias=True, but ResNet sets "
+        r"use_bias='auto' for every stem \(bind `ResNet.use_bias`\)\.",
+    ):
+        resnet.ResNet(
+            "basic",
+            stage_blocks=(1, 1),
+            stage_filters=(16, 32),
+            stage_strides=(1, 2),
+            use_bias="auto",
+            stem={"class_name": "cifar", "config": {"use_bias": True}},
+        )
 
 
 def test_specs_may_repeat_the_network_wide_settings_in_any_spelling():
     model = resnet.ResNet(
-        {"class_name": "basic", "config": {"activation": "swish", "norm": "layer", "preact": False,
-                                           "kernel_initializer": "he_normal", "use_bias": "auto", "padding": "same"}},
-        stage_blocks=(1, 1), stage_filters=(16, 32), stage_strides=(1, 2),
+        {
+            "class_name": "basic",
+            "config": {
+                "activation": "swish",
+                "norm": "layer",
+                "preact": False,
+                "kernel_initializer": "he_normal",
+                "use_bias": "auto",
+                "padding": "same",
+            },
+        },
+        stage_blocks=(1, 1),
+        stage_filters=(16, 32),
+        stage_strides=(1, 2),
         stem={"class_name": "cifar", "config": {"activation": keras.activations.silu, "norm": {"class_name": "layer"}}},
-        activation=keras.activations.silu, norm="layer", kernel_initializer=keras.initializers.HeNormal(),
-        use_bias="auto", padding="same", num_classes=10,
+        activation=keras.activations.silu,
+        norm="layer",
+        kernel_initializer=keras.initializers.HeNormal(),
+        use_bias="auto",
+        padding="same",
+        num_classes=10,
     )
     block = model.get_layer("stage1").blocks[0]
     assert block.activation == "silu" and type(block.norms[0]) is resnet.LayerNorm and block.padding == "same"

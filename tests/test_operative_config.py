@@ -56,8 +56,9 @@ def test_each_build_records_the_same_operative_config_whatever_ran_before_it_in_
     # Each config first and again later, so that each pair is built in both orders.
     order = ["stage", "demo", "grouped_bottleneck", "stage", "grouped_bottleneck", "demo"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", SCRIPT, *order], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *order], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     records: dict[str, list[str]] = {}
     for name, operative in json.loads(result.stdout.strip().splitlines()[-1]):

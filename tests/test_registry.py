@@ -19,13 +19,21 @@ def test_spec_lists_every_argument_except_those_the_owner_sets():
     assert spec["class_name"] == "BottleneckBlock"
     assert set(spec["config"]) == params - owner
     assert spec["config"]["norm"]["class_name"] == "BatchNorm"
-    assert spec["config"]["shortcut"] == {"class_name": "ProjectionShortcut", "config": {"always": False, "project_on_stride": True}}
+    assert spec["config"]["shortcut"] == {
+        "class_name": "ProjectionShortcut",
+        "config": {"always": False, "project_on_stride": True},
+    }
 
 
 def test_precedence_default_then_gin_then_explicit_then_overrides():
     gin.parse_config("BottleneckBlock.groups = 8\nBottleneckBlock.base_width = 8")
-    spec = resolve_spec("block", {"class_name": "bottleneck", "config": {"base_width": 16}}, "block",
-                        overrides={"activation": "swish"}, owner="ResNet")
+    spec = resolve_spec(
+        "block",
+        {"class_name": "bottleneck", "config": {"base_width": 16}},
+        "block",
+        overrides={"activation": "swish"},
+        owner="ResNet",
+    )
     assert spec["config"]["groups"] == 8  # gin
     assert spec["config"]["base_width"] == 16  # explicit beats gin
     assert spec["config"]["activation"] == "swish"  # owner override
@@ -33,33 +41,55 @@ def test_precedence_default_then_gin_then_explicit_then_overrides():
 
 
 def test_explicit_values_that_differ_from_the_owners_are_refused_and_equal_ones_kept():
-    spec = {"class_name": "bottleneck", "config": {"activation": "gelu", "padding": "same", "groups": 2, "norm": "batch"}}
+    spec = {
+        "class_name": "bottleneck",
+        "config": {"activation": "gelu", "padding": "same", "groups": 2, "norm": "batch"},
+    }
     overrides = {"activation": "relu", "padding": "symmetric", "norm": resolve_spec("norm", "batch", "norm")}
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
             "`ResNet.block` spec sets BottleneckBlock.activation='gelu', but ResNet sets activation='relu' for every "
             "block (bind `ResNet.activation`); `ResNet.block` spec sets BottleneckBlock.padding='same', but ResNet "
-            "sets padding='symmetric' for every block (bind `ResNet.padding`).")):
+            "sets padding='symmetric' for every block (bind `ResNet.padding`)."
+        ),
+    ):
         resolve_spec("block", spec, "ResNet.block", overrides=overrides, owner="ResNet")
     spec["config"].update(activation="relu", padding="symmetric")  # the norm: a name for the owner's resolved spec
     resolved = resolve_spec("block", spec, "ResNet.block", overrides=overrides, owner="ResNet")
     assert resolved["config"]["groups"] == 2 and resolved["config"]["norm"] == overrides["norm"]
-    with pytest.raises(ValueError, match=r"spec sets BottleneckBlock.preact=True, but ResNet sets preact=False for "
-                                         r"every block \(`ResNet.preact` decides\)\.$"):
-        resolve_spec("block", {"class_name": "bottleneck", "config": {"preact": True}}, "ResNet.block",
-                     overrides={"preact": False}, owner="ResNet", hints={"preact": "`ResNet.preact` decides"})
+    with pytest.raises(
+        ValueError,
+        match=r"spec sets BottleneckBlock.preact=True, but ResNet sets preact=False for "
+        r"every block \(`ResNet.preact` decides\)\.$",
+    ):
+        resolve_spec(
+            "block",
+            {"class_name": "bottleneck", "config": {"preact": True}},
+            "ResNet.block",
+            overrides={"preact": False},
+            owner="ResNet",
+            hints={"preact": "`ResNet.preact` decides"},
+        )
 
 
 def test_specs_list_what_their_owner_set_and_keep_it_when_resolved_again():
-    spec = resolve_spec("block", "basic", "ResNet.block", overrides={"activation": "relu", "padding": "same"},
-                        owner="ResNet")
+    spec = resolve_spec(
+        "block", "basic", "ResNet.block", overrides={"activation": "relu", "padding": "same"}, owner="ResNet"
+    )
     assert spec["set_by_owner"] == ["activation", "padding"]
     again = resolve_spec("block", spec, "ResidualStage.block")  # as the stage the ResNet passes it to
     assert again == spec
     assert resolve_spec("block", spec, "ResNet.block", overrides={"norm": "batch"}, owner="ResNet")["set_by_owner"] == [
-        "activation", "norm", "padding"]
+        "activation",
+        "norm",
+        "padding",
+    ]
     assert "set_by_owner" not in resolve_spec("block", "basic", "block")
-    with pytest.raises(ValueError, match=re.escape(
-            "`ResNet.block` spec's 'set_by_owner' must list arguments of BasicBlock (['groups', ")) as caught:
+    with pytest.raises(
+        ValueError,
+        match=re.escape("`ResNet.block` spec's 'set_by_owner' must list arguments of BasicBlock (['groups', "),
+    ) as caught:
         resolve_spec("block", {"class_name": "basic", "set_by_owner": ["filters"]}, "ResNet.block")
     assert str(caught.value).endswith("; received ['filters'].")
     with pytest.raises(ValueError, match=r"received 'norm'\.$"):
@@ -88,8 +118,16 @@ def test_serialized_values_carry_no_keras_sharing_marks():
     with ObjectSharingScope():
         first = serialize_value(initializer)
         second = serialize_value(initializer)
-    assert first == second == {"module": "keras.initializers", "class_name": "HeNormal",
-                               "config": {"seed": None, "input_axes": None, "output_axes": None}, "registered_name": None}
+    assert (
+        first
+        == second
+        == {
+            "module": "keras.initializers",
+            "class_name": "HeNormal",
+            "config": {"seed": None, "input_axes": None, "output_axes": None},
+            "registered_name": None,
+        }
+    )
 
 
 def test_nested_specs_are_resolved_with_gin():
@@ -219,5 +257,9 @@ def test_a_spec_builds_the_same_layer_whatever_gin_binds_at_build_time():
     x = images(size=8, channels=8)
     np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(reference(x)))
     operative = gin.operative_config_str()
-    for line in ("BasicBlock.shortcut = @ZeroPadShortcut", "BasicBlock.zero_init_last = True", "BatchNorm.epsilon = 0.1"):
+    for line in (
+        "BasicBlock.shortcut = @ZeroPadShortcut",
+        "BasicBlock.zero_init_last = True",
+        "BatchNorm.epsilon = 0.1",
+    ):
         assert line not in operative, line

@@ -65,7 +65,12 @@ def test_reload_ignores_gin_bindings_active_at_load_time(tmp_path):
     "layer",
     [
         lambda: resnet.BottleneckBlock(16, strides=2, groups=4, base_width=16, se_ratio=0.25, shortcut="avg_down"),
-        lambda: resnet.BasicBlock(16, preact=True, norm={"class_name": "GroupNorm", "config": {"groups": 4}}, shortcut={"class_name": "ProjectionShortcut", "config": {"always": True}}),
+        lambda: resnet.BasicBlock(
+            16,
+            preact=True,
+            norm={"class_name": "GroupNorm", "config": {"groups": 4}},
+            shortcut={"class_name": "ProjectionShortcut", "config": {"always": True}},
+        ),
         lambda: resnet.ResidualStage("basic", num_blocks=2, filters=16, strides=2, downsample_block="last"),
         lambda: resnet.DeepStem(widths=(8, 8, 16), norm="layer", activation="swish"),
         lambda: resnet.FrozenBatchNorm(epsilon=1e-3),
@@ -102,6 +107,7 @@ def edited_copy(path, directory, edit, name="edited.keras") -> str:
 def _set(section, key, value):
     def edit(config):
         (config[section]["config"] if section else config)[key] = value
+
     return edit
 
 
@@ -110,8 +116,10 @@ def _set_norm_epsilon(config):
 
 
 GROUP_NORM = {"class_name": "GroupNorm", "config": {"groups": 4, "epsilon": 1e-5, "gamma_initializer": "ones"}}
-BATCH_NORM = "{'class_name': 'BatchNorm', 'config': {'momentum': 0.9, 'epsilon': 1e-05, 'gamma_initializer': 'ones', " \
-             "'synchronized': None}}"
+BATCH_NORM = (
+    "{'class_name': 'BatchNorm', 'config': {'momentum': 0.9, 'epsilon': 1e-05, 'gamma_initializer': 'ones', "
+    "'synchronized': None}}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,27 +129,44 @@ def resnet20_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set("block", "norm", GROUP_NORM),
-     "`ResNet.block` spec sets BasicBlock.norm={'class_name': 'GroupNorm', 'config': {'groups': 4, 'epsilon': 1e-05, "
-     f"'gamma_initializer': 'ones'}}}}, but ResNet sets norm={BATCH_NORM} for every block (bind `ResNet.norm`)."),
-    (_set_norm_epsilon, "sets BasicBlock.norm={'class_name': 'BatchNorm', 'config': {'momentum': 0.9, 'epsilon': 0.5,"),
-    (_set("block", "padding", "same"),
-     "`ResNet.block` spec sets BasicBlock.padding='same', but ResNet sets padding='symmetric' for every block "
-     "(bind `ResNet.padding`)."),
-    (_set("block", "activation", "swish"), "sets BasicBlock.activation='swish', but ResNet sets activation='relu'"),
-    (_set("block", "use_bias", True), "sets BasicBlock.use_bias=True, but ResNet sets use_bias=False"),
-    (_set("block", "preact", True),
-     "sets BasicBlock.preact=True, but ResNet sets preact=False for every block (bind `ResNet.preact`)."),
-    (_set("block", "kernel_initializer", "he_uniform"), "sets BasicBlock.kernel_initializer='he_uniform', but ResNet "
-                                                        "sets kernel_initializer={'module': 'keras.initializers'"),
-    (_set("stem", "padding", "same"),
-     "`ResNet.stem` spec sets CifarStem.padding='same', but ResNet sets padding='symmetric' for every stem "
-     "(bind `ResNet.padding`)."),
-    (_set("stem", "norm", None), f"sets CifarStem.norm=None, but ResNet sets norm={BATCH_NORM} for every stem"),
-    # The network's own setting edited, the specs it stored left as they were.
-    (_set(None, "activation", "swish"), "sets BasicBlock.activation='relu', but ResNet sets activation='silu'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            _set("block", "norm", GROUP_NORM),
+            "`ResNet.block` spec sets BasicBlock.norm={'class_name': 'GroupNorm', 'config': {'groups': 4, 'epsilon': 1e-05, "
+            f"'gamma_initializer': 'ones'}}}}, but ResNet sets norm={BATCH_NORM} for every block (bind `ResNet.norm`).",
+        ),
+        (
+            _set_norm_epsilon,
+            "sets BasicBlock.norm={'class_name': 'BatchNorm', 'config': {'momentum': 0.9, 'epsilon': 0.5,",
+        ),
+        (
+            _set("block", "padding", "same"),
+            "`ResNet.block` spec sets BasicBlock.padding='same', but ResNet sets padding='symmetric' for every block "
+            "(bind `ResNet.padding`).",
+        ),
+        (_set("block", "activation", "swish"), "sets BasicBlock.activation='swish', but ResNet sets activation='relu'"),
+        (_set("block", "use_bias", True), "sets BasicBlock.use_bias=True, but ResNet sets use_bias=False"),
+        (
+            _set("block", "preact", True),
+            "sets BasicBlock.preact=True, but ResNet sets preact=False for every block (bind `ResNet.preact`).",
+        ),
+        (
+            _set("block", "kernel_initializer", "he_uniform"),
+            "sets BasicBlock.kernel_initializer='he_uniform', but ResNet "
+            "sets kernel_initializer={'module': 'keras.initializers'",
+        ),
+        (
+            _set("stem", "padding", "same"),
+            "`ResNet.stem` spec sets CifarStem.padding='same', but ResNet sets padding='symmetric' for every stem "
+            "(bind `ResNet.padding`).",
+        ),
+        (_set("stem", "norm", None), f"sets CifarStem.norm=None, but ResNet sets norm={BATCH_NORM} for every stem"),
+        # The network's own setting edited, the specs it stored left as they were.
+        (_set(None, "activation", "swish"), "sets BasicBlock.activation='relu', but ResNet sets activation='silu'"),
+    ],
+)
 def test_edited_settings_that_the_resnet_imposes_are_refused(resnet20_file, tmp_path, edit, message):
     """ResNet sets these on every block and stem: a stored spec that says otherwise was edited,
     and loading it used to drop the edit silently."""
@@ -153,25 +178,48 @@ def test_edited_settings_that_the_resnet_imposes_are_refused(resnet20_file, tmp_
 def test_edited_stem_of_a_preactivation_network_is_refused(tmp_path):
     path = str(tmp_path / "preact.keras")
     resnet.build("cifar/resnet20", ["ResNet.preact = True"]).save(path)
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
             "`ResNet.stem` spec sets CifarStem.activation='relu', but ResNet sets activation=None for every stem "
-            "(`ResNet.preact` is True: the stem is a bare conv).")):
+            "(`ResNet.preact` is True: the stem is a bare conv)."
+        ),
+    ):
         keras.models.load_model(edited_copy(path, tmp_path, _set("stem", "activation", "relu")))
 
 
-@pytest.mark.parametrize("bindings, edit, message", [
-    ([], _set("block", "groups", 2),
-     "shapes differ: stage1/block1/conv1/kernel (3, 3, 16, 16) in the file, (3, 3, 8, 16) in the model"),
-    ([], _set("block", "se_ratio", 0.25), "'resnet20' has stage1/block1/se/expand/bias, "),
-    ([], _set("block", "shortcut", {"class_name": "ProjectionShortcut", "config": {"always": True}}),
-     "'resnet20' has stage1/block1/shortcut/conv/kernel, "),
-    ([], _set("stem", "widths", [8]), "shapes differ: stage1/block1/conv1/kernel (3, 3, 16, 16) in the file, "
-                                      "(3, 3, 8, 16) in the model"),
-    ([], _set(None, "include_top", False), "the file holds classifier/bias, classifier/kernel, which 'resnet20' has "
-                                           "no place for."),
-    ([], _set(None, "stage_blocks", [3, 3, 2]), "the file holds stage3/block3/conv1/kernel, "),
-    (["BasicBlock.se_ratio = 0.25"], _set("block", "se_ratio", None), "the file holds stage1/block1/se/expand/bias, "),
-])
+@pytest.mark.parametrize(
+    "bindings, edit, message",
+    [
+        (
+            [],
+            _set("block", "groups", 2),
+            "shapes differ: stage1/block1/conv1/kernel (3, 3, 16, 16) in the file, (3, 3, 8, 16) in the model",
+        ),
+        ([], _set("block", "se_ratio", 0.25), "'resnet20' has stage1/block1/se/expand/bias, "),
+        (
+            [],
+            _set("block", "shortcut", {"class_name": "ProjectionShortcut", "config": {"always": True}}),
+            "'resnet20' has stage1/block1/shortcut/conv/kernel, ",
+        ),
+        (
+            [],
+            _set("stem", "widths", [8]),
+            "shapes differ: stage1/block1/conv1/kernel (3, 3, 16, 16) in the file, (3, 3, 8, 16) in the model",
+        ),
+        (
+            [],
+            _set(None, "include_top", False),
+            "the file holds classifier/bias, classifier/kernel, which 'resnet20' has no place for.",
+        ),
+        ([], _set(None, "stage_blocks", [3, 3, 2]), "the file holds stage3/block3/conv1/kernel, "),
+        (
+            ["BasicBlock.se_ratio = 0.25"],
+            _set("block", "se_ratio", None),
+            "the file holds stage1/block1/se/expand/bias, ",
+        ),
+    ],
+)
 def test_edited_settings_that_change_the_weights_are_refused(tmp_path, bindings, edit, message):
     """Keras refuses weights of the wrong shape, but drops weights the rebuilt model has no place
     for without a word: the record of every weight a ResNet saves lets it refuse both."""
@@ -186,6 +234,7 @@ def test_edited_settings_that_change_the_weights_are_refused(tmp_path, bindings,
 
 def test_settings_that_leave_the_weights_fitting_may_be_edited(resnet20_file, tmp_path):
     """What the weights do not depend on (initialization, the head's dropout) is the file's to say."""
+
     def edit(config):
         config["block"]["config"]["zero_init_last"] = True
         config["dropout_rate"] = 0.5
@@ -197,11 +246,20 @@ def test_settings_that_leave_the_weights_fitting_may_be_edited(resnet20_file, tm
     np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(original(x)))
 
 
-@pytest.mark.parametrize("bindings", [
-    ["ResNet.norm = 'group'", "GroupNorm.groups = 4", "ResNet.activation = 'swish'", "ResNet.padding = 'same'",
-     "ResNet.use_bias = 'auto'", "ResNet.kernel_initializer = 'he_uniform'"],
-    ["ResNet.preact = True", "ResNet.norm = 'frozen_batch'", "ResNet.activation = 'gelu'"],
-])
+@pytest.mark.parametrize(
+    "bindings",
+    [
+        [
+            "ResNet.norm = 'group'",
+            "GroupNorm.groups = 4",
+            "ResNet.activation = 'swish'",
+            "ResNet.padding = 'same'",
+            "ResNet.use_bias = 'auto'",
+            "ResNet.kernel_initializer = 'he_uniform'",
+        ],
+        ["ResNet.preact = True", "ResNet.norm = 'frozen_batch'", "ResNet.activation = 'gelu'"],
+    ],
+)
 def test_network_wide_settings_bound_in_gin_round_trip(tmp_path, bindings):
     """Stored specs repeat the values the ResNet imposes; equal values are accepted on reload."""
     model = resnet.build("cifar/resnet20", bindings)
@@ -220,7 +278,9 @@ def test_a_resnet_built_in_a_name_scope_or_inside_another_model_round_trips(tmp_
         scoped = resnet.build("cifar/resnet20")
     assert scoped.weights[0].path.startswith("backbone/")
     inputs = keras.Input((32, 32, 3))
-    outer = keras.Model(inputs, keras.layers.Dense(2)(resnet.build("cifar/resnet20", ["ResNet.include_top = False"])(inputs)))
+    outer = keras.Model(
+        inputs, keras.layers.Dense(2)(resnet.build("cifar/resnet20", ["ResNet.include_top = False"])(inputs))
+    )
     x = images()
     for model in (scoped, outer):
         path = str(tmp_path / "model.keras")
@@ -256,13 +316,15 @@ def test_files_saved_without_the_weights_record_still_load(resnet20_file, tmp_pa
         for member, data in members.items():
             archive.writestr(member, data)
     x = images()
-    np.testing.assert_array_equal(np.asarray(keras.models.load_model(old)(x)),
-                                  np.asarray(keras.models.load_model(resnet20_file)(x)))
+    np.testing.assert_array_equal(
+        np.asarray(keras.models.load_model(old)(x)), np.asarray(keras.models.load_model(resnet20_file)(x))
+    )
 
 
 def test_files_saved_before_specs_listed_what_their_owner_set_still_load(resnet20_file, tmp_path):
     """Stored specs now list the arguments the ResNet set (`set_by_owner`); files without the
     lists load into the same network and config."""
+
     def forget_owners(config):
         for section in ("block", "stem"):
             assert config[section].pop(resnet.registry.SET_BY_OWNER)
@@ -271,6 +333,7 @@ def test_files_saved_before_specs_listed_what_their_owner_set_still_load(resnet2
     current = keras.models.load_model(resnet20_file)
     assert old.get_config() == current.get_config()
     assert old.block[resnet.registry.SET_BY_OWNER] == sorted(
-        ["activation", "kernel_initializer", "kernel_regularizer", "norm", "padding", "preact", "use_bias"])
+        ["activation", "kernel_initializer", "kernel_regularizer", "norm", "padding", "preact", "use_bias"]
+    )
     x = images()
     np.testing.assert_array_equal(np.asarray(old(x)), np.asarray(current(x)))

@@ -16,18 +16,21 @@ from resnet._stderr import captured_stderr, filtered_stderr
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("argv, orig_argv, quiet", [
-    (["/venv/bin/resnet-train"], ["python", "/venv/bin/resnet-train"], True),
-    (["/venv/bin/resnet-export", "--output=x"], [], True),
-    (["/src/resnet/train.py", "--model_dir=r"], ["python", "-m", "resnet.train", "--model_dir=r"], True),
-    (["/src/resnet/evaluate.py"], ["python3", "-X", "importtime", "-m", "resnet.evaluate"], True),
-    (["/venv/bin/resnet-train", "--verbosity=0"], [], False),
-    (["/venv/bin/resnet-train", "-v", "1"], [], False),
-    (["/venv/bin/resnet-eval", "--v=1"], [], False),
-    (["train.py"], ["python", "train.py"], False),  # someone else's script
-    (["-c"], ["python", "-c", "import resnet"], False),  # the library
-    ([], [], False),
-])
+@pytest.mark.parametrize(
+    "argv, orig_argv, quiet",
+    [
+        (["/venv/bin/resnet-train"], ["python", "/venv/bin/resnet-train"], True),
+        (["/venv/bin/resnet-export", "--output=x"], [], True),
+        (["/src/resnet/train.py", "--model_dir=r"], ["python", "-m", "resnet.train", "--model_dir=r"], True),
+        (["/src/resnet/evaluate.py"], ["python3", "-X", "importtime", "-m", "resnet.evaluate"], True),
+        (["/venv/bin/resnet-train", "--verbosity=0"], [], False),
+        (["/venv/bin/resnet-train", "-v", "1"], [], False),
+        (["/venv/bin/resnet-eval", "--v=1"], [], False),
+        (["train.py"], ["python", "train.py"], False),  # someone else's script
+        (["-c"], ["python", "-c", "import resnet"], False),  # the library
+        ([], [], False),
+    ],
+)
 def test_only_our_binaries_without_a_verbosity_flag_start_quiet(argv, orig_argv, quiet):
     assert is_quiet_binary(argv, orig_argv) is quiet
 
@@ -68,8 +71,9 @@ def _probe(directory: Path, script: str, statements: list[str]) -> tuple[list[di
     """The states `PROBE` reports, run as `directory/script` with TF_CPP_MIN_LOG_LEVEL unset, and its stderr."""
     (directory / script).write_text(PROBE % (statements,))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run([sys.executable, str(directory / script)], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(directory / script)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout), result.stderr
 
@@ -92,13 +96,16 @@ def test_importing_the_library_leaves_the_environment_and_stderr_alone(tmp_path)
         states, stderr = _probe(tmp_path, script, statements)
         loaded = False
         for statement, before, after in zip(statements, states, states[1:]):
-            observed[script, statement] = {"environment changes": _changes(before["environ"], after["environ"]),
-                                           "same stderr": after["stderr"] == before["stderr"],
-                                           "tensorflow imported": after["tensorflow"]}
+            observed[script, statement] = {
+                "environment changes": _changes(before["environ"], after["environ"]),
+                "same stderr": after["stderr"] == before["stderr"],
+                "tensorflow imported": after["tensorflow"],
+            }
             loaded |= statement == first_heavy
             expected[script, statement] = {
                 "environment changes": tensorflow_changes if statement == first_heavy else {},
-                "same stderr": True, "tensorflow imported": loaded,
+                "same stderr": True,
+                "tensorflow imported": loaded,
             }
         assert "oneDNN custom operations" in stderr  # TensorFlow's start-up lines reached stderr, not captured
     assert observed == expected
@@ -114,8 +121,9 @@ def test_a_binary_prints_its_own_lines_only_unless_asked(command, tmp_path):
         f"resnet-eval: error: `--model_dir` '{tmp_path}' holds no operative_config.gin; point it at a directory "
         "written by resnet-train."
     ]
-    verbose = subprocess.run([*command, f"--model_dir={tmp_path}", "--verbosity=0"], capture_output=True, text=True,
-                             env=env, timeout=300)
+    verbose = subprocess.run(
+        [*command, f"--model_dir={tmp_path}", "--verbosity=0"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert verbose.returncode == 2 and "oneDNN custom operations" in verbose.stderr
 
 
@@ -123,14 +131,16 @@ def test_a_binary_prints_its_own_lines_only_unless_asked(command, tmp_path):
 def test_startup_benchmark_reports_imports_and_the_first_step(tmp_path):
     out = tmp_path / "startup.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "startup.py"
-    result = subprocess.run([sys.executable, str(script), "--repeats=1", f"--json={out}"], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), "--repeats=1", f"--json={out}"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
     for name in ("import_tensorflow", "import_keras", "import_resnet", "train_first_step"):
         assert 0 < results[name]["min_seconds"] <= results[name]["median_seconds"] <= results[name]["max_seconds"]
     assert results["resnet_import_overhead_seconds"] == pytest.approx(
-        results["import_resnet"]["median_seconds"] - results["import_keras"]["median_seconds"], abs=2e-3)
+        results["import_resnet"]["median_seconds"] - results["import_keras"]["median_seconds"], abs=2e-3
+    )
     assert results["train_first_step"]["median_seconds"] > results["import_resnet"]["median_seconds"] / 2
     assert results["lines_before_first_own_line"] == 0
     assert results["machine"]["cpu"] and results["machine"]["tensorflow"]

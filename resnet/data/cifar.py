@@ -71,7 +71,9 @@ def _load_cifar_batch(path: str, label_key: str, num_classes: int) -> tuple[np.n
     data = batch["data"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072) (3x32x32 pixels a row); found {found}.")
+        raise DataError(
+            f"{path}: 'data' must be a uint8 array of shape (N, 3072) (3x32x32 pixels a row); found {found}."
+        )
     labels = np.asarray(batch[label_key])
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(

@@ -123,7 +123,10 @@ class _CorruptPolicy:
                 return tf.tile(values[None], [size + 1, 1])
 
             return (
-                tf.range(-1, size), each(streams), each(indices), tf.concat([[""], data], 0),
+                tf.range(-1, size),
+                each(streams),
+                each(indices),
+                tf.concat([[""], data], 0),
                 tf.concat([[_END_TAG], tags], 0),
             )
 
@@ -153,10 +156,14 @@ class _CorruptPolicy:
                 return describe(streams[slot][None], indices[slot][None])[0]
 
             def damage_message():
-                return tf.strings.join([
-                    "could not read ", name(), " or any record after it: the file is truncated or "
-                    "corrupt (TensorFlow logs the cause as a warning).",
-                ])
+                return tf.strings.join(
+                    [
+                        "could not read ",
+                        name(),
+                        " or any record after it: the file is truncated or "
+                        "corrupt (TensorFlow logs the cause as a warning).",
+                    ]
+                )
 
             def handle():
                 """Names the records just found missing, and reports what ends here."""
@@ -167,7 +174,9 @@ class _CorruptPolicy:
                 all_names = tf.strings.join([names, separator, new])
 
                 def gap_message():
-                    return tf.strings.join(["could not read or decode ", all_names, " (TensorFlow logs the cause as a warning)."])
+                    return tf.strings.join(
+                        ["could not read or decode ", all_names, " (TensorFlow logs the cause as a warning)."]
+                    )
 
                 reports = [
                     self.check(tf.logical_not(losses_end), gap_message, lost),
@@ -180,7 +189,10 @@ class _CorruptPolicy:
             trouble = tf.reduce_any(tf.stack([missing, losses_end, damaged]))
             names = tf.cond(trouble, handle, lambda: names)
             state = (
-                streams, indices, tf.where(header, 0, slot + 1), tf.where(payload, tf.constant(0, tf.int64), lost),
+                streams,
+                indices,
+                tf.where(header, 0, slot + 1),
+                tf.where(payload, tf.constant(0, tf.int64), lost),
                 tf.where(payload, tf.constant(""), names),
             )
             # The record's stream and number go on for the label check, which runs after the
@@ -191,14 +203,20 @@ class _CorruptPolicy:
                 return state, (tf.identity(image), label, streams[at], indices[at], is_record)
 
         start = (
-            tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.constant(0, tf.int32), tf.constant(0, tf.int64),
+            tf.zeros([0], tf.int32),
+            tf.zeros([0], tf.int64),
+            tf.constant(0, tf.int32),
+            tf.constant(0, tf.int64),
             tf.constant(""),
         )
+
         def checked(image, label, stream, index, is_record):
             del is_record
             if check_label is not None:
                 ok, message = check_label(label)
-                failure = _fail_unless(ok, lambda: tf.strings.join([describe(stream[None], index[None])[0], ": ", message()]))
+                failure = _fail_unless(
+                    ok, lambda: tf.strings.join([describe(stream[None], index[None])[0], ": ", message()])
+                )
                 with tf.control_dependencies([failure]):
                     return tf.identity(image), tf.identity(label)
             return image, label
@@ -228,8 +246,10 @@ class _EncodedImageSource(DataSource):
         if skip_corrupt:
             with tf.init_scope():
                 self._skipped = {s: tf.Variable(0, dtype=tf.int64, trainable=False) for s in SPLITS}
-                self._reports = {s: tf.Variable(tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False)
-                                 for s in SPLITS}
+                self._reports = {
+                    s: tf.Variable(tf.zeros([0], tf.string), shape=tf.TensorShape([None]), trainable=False)
+                    for s in SPLITS
+                }
 
     def skipped_count(self, split: str | None = None) -> int:
         """Corrupt records skipped so far while reading `split` (both splits if None).

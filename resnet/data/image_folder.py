@@ -16,7 +16,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def _list_images(directory: str) -> list[str]:
     """File names with an image extension directly inside `directory`, sorted; hidden files skipped."""
     return sorted(
-        name for name in tf.io.gfile.listdir(directory)
+        name
+        for name in tf.io.gfile.listdir(directory)
         if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
     )
 
@@ -25,7 +26,8 @@ def _list_classes(argument: str, directory: str) -> dict[str, list[str]]:
     """`{class name: sorted image paths}` of an image folder, checked for its layout."""
     _check_directory(argument, directory)
     names = sorted(
-        entry.rstrip("/") for entry in tf.io.gfile.listdir(directory)
+        entry.rstrip("/")
+        for entry in tf.io.gfile.listdir(directory)
         if not entry.startswith(".") and tf.io.gfile.isdir(os.path.join(directory, entry))
     )
     if not names:
@@ -33,7 +35,9 @@ def _list_classes(argument: str, directory: str) -> dict[str, list[str]]:
             f"`{argument}` {directory!r} has no class subdirectories; expected one directory per class "
             f"holding its images, e.g. {os.path.join(directory, 'cat', '0001.jpg')!r}."
         )
-    classes = {name: [os.path.join(directory, name, f) for f in _list_images(os.path.join(directory, name))] for name in names}
+    classes = {
+        name: [os.path.join(directory, name, f) for f in _list_images(os.path.join(directory, name))] for name in names
+    }
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DataError(
@@ -98,7 +102,12 @@ class ImageFolderData(_EncodedImageSource):
         paths, labels = self._files[split]
         # One stream: record i is (0, i, path, label).
         return tf.data.Dataset.from_tensor_slices(
-            (tf.zeros([len(paths)], tf.int32), tf.range(len(paths), dtype=tf.int64), paths, tf.constant(labels, tf.int32))
+            (
+                tf.zeros([len(paths)], tf.int32),
+                tf.range(len(paths), dtype=tf.int64),
+                paths,
+                tf.constant(labels, tf.int32),
+            )
         )
 
     def _decode(self, records: tf.data.Dataset, split: str) -> tf.data.Dataset:

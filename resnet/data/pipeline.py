@@ -145,15 +145,18 @@ class InputPipeline:
                 # Each pass holds a record at least (an empty split gives none), which bounds
                 # the passes the epochs need, also when `skip_corrupt` drops some.
                 passes = 0 if size == 0 else offset + (epochs * steps - skip_steps) * batch
-        ordered = tf.data.Dataset.range(first_pass, first_pass + passes).flat_map(
-            lambda index: self._pass(index, pass_length)
-        ).skip(offset)
+        ordered = (
+            tf.data.Dataset.range(first_pass, first_pass + passes)
+            .flat_map(lambda index: self._pass(index, pass_length))
+            .skip(offset)
+        )
         examples = ordered if self.cache else self.source.decode(ordered, "train")
         if epoch_length is not None:
             examples = examples.take(epochs * epoch_length - skip_steps * batch)
         augmented = examples.enumerate(start=skip_steps * batch).map(
             lambda position, example: self._augment(epoch, epoch_length, position, example),
-            num_parallel_calls=AUTOTUNE, deterministic=True,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
         )
         # Every worker of a multi-worker run reads the same stream and keeps its part of each
         # batch: the order, the augmentation and a resume's skip are those of the global batches.
@@ -199,8 +202,11 @@ class InputPipeline:
         if self._split_count is None:
             if not count:
                 return None if any(True for _ in self.source.records("train").take(1)) else 0
-            print(f"Counting the training records of {self.source.name!r}, whose number it cannot tell, to find "
-                  "where the epoch starts in the stream of passes over them (once per process)...", flush=True)
+            print(
+                f"Counting the training records of {self.source.name!r}, whose number it cannot tell, to find "
+                "where the epoch starts in the stream of passes over them (once per process)...",
+                flush=True,
+            )
             records = self._training_records()
             self._split_count = int(records.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
         return self._split_count

@@ -35,8 +35,11 @@ _CROP_ATTEMPTS = 10
 
 
 def _check_triple(argument: str, value: object, positive: bool = False) -> tuple[float, float, float]:
-    numbers = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value
+    numbers = (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value)
     )
     if not numbers:
         kind = "positive numbers" if positive else "numbers"

@@ -49,10 +49,11 @@ class TfdsData(DataSource):
             import tensorflow_datasets as tfds
         except ImportError:
             raise DataError(
-                "TfdsData needs the tensorflow_datasets package, which is not installed: "
-                "pip install 'resnet[tfds]'."
+                "TfdsData needs the tensorflow_datasets package, which is not installed: pip install 'resnet[tfds]'."
             ) from None
-        where = f"data_dir {data_dir!r}" if data_dir else "the default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        where = (
+            f"data_dir {data_dir!r}" if data_dir else "the default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        )
         try:
             self._builder = tfds.builder(name, data_dir=data_dir)
         except Exception as error:  # tfds raises its own DatasetNotFoundError and others
@@ -65,7 +66,9 @@ class TfdsData(DataSource):
         info = self._builder.info
         for argument, key in (("image_key", image_key), ("label_key", label_key)):
             if key not in info.features:
-                raise DataError(f"`TfdsData.{argument}` {key!r} is not a feature of {name!r}; it has {sorted(info.features)}.")
+                raise DataError(
+                    f"`TfdsData.{argument}` {key!r} is not a feature of {name!r}; it has {sorted(info.features)}."
+                )
         if not hasattr(info.features[label_key], "num_classes"):
             raise DataError(f"`TfdsData.label_key` {label_key!r} of {name!r} is not a ClassLabel feature.")
         self._splits = {"train": train_split, "eval": eval_split}

@@ -34,14 +34,18 @@ def _expand_patterns(argument: str, patterns: str | Sequence[str]) -> list[str]:
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
     if not isinstance(patterns, Sequence) or not patterns:
-        raise ValueError(f"`{argument}` must be a glob pattern or a non-empty list of paths/patterns; received {patterns!r}.")
+        raise ValueError(
+            f"`{argument}` must be a glob pattern or a non-empty list of paths/patterns; received {patterns!r}."
+        )
     files = set()
     for pattern in map(str, patterns):
         matched = [f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f)]
         if not matched:
             hint = ""
             if tf.io.gfile.isdir(pattern):
-                hint = f" It is a directory: to read its shards, give a pattern such as '{pattern.rstrip('/')}/train-*'."
+                hint = (
+                    f" It is a directory: to read its shards, give a pattern such as '{pattern.rstrip('/')}/train-*'."
+                )
             raise DataError(f"No file matches `{argument}` {pattern!r}.{hint}")
         files.update(matched)
     return sorted(files)
@@ -126,7 +130,9 @@ class TFRecordData(_EncodedImageSource):
 
         def decode(record, tag):
             example = tf.io.parse_single_example(record, features)
-            return _decode_image(example[_IMAGE_FEATURE]), tf.cast(example[_LABEL_FEATURE] - self.label_offset, tf.int32)
+            return _decode_image(example[_IMAGE_FEATURE]), tf.cast(
+                example[_LABEL_FEATURE] - self.label_offset, tf.int32
+            )
 
         def describe(shards, indices):
             return tf.strings.join([tf.gather(file_table, shards), " (record ", tf.strings.as_string(indices), ")"])
@@ -141,10 +147,15 @@ class TFRecordData(_EncodedImageSource):
 
         def check_label(label):
             def message():
-                return tf.strings.join([
-                    "label ", tf.strings.as_string(label), " (stored value ", tf.strings.as_string(label + self.label_offset),
-                    f", label_offset {self.label_offset}) is outside [0, {self.num_classes}). {hint}",
-                ])
+                return tf.strings.join(
+                    [
+                        "label ",
+                        tf.strings.as_string(label),
+                        " (stored value ",
+                        tf.strings.as_string(label + self.label_offset),
+                        f", label_offset {self.label_offset}) is outside [0, {self.num_classes}). {hint}",
+                    ]
+                )
 
             return tf.logical_and(label >= 0, label < self.num_classes), message
 
@@ -170,7 +181,12 @@ def _index_shard(shard: tf.Tensor, path: tf.Tensor, size: tf.Tensor) -> tf.data.
         records = tf.concat([batch, tf.fill([marker], "")], 0)
         tags = tf.concat([tf.zeros([read], tf.int32), tf.fill([marker], _DAMAGED_TAG)], 0)
         lengths = tf.cast(tf.strings.length(batch), tf.int64) + _TFRECORD_FRAMING_BYTES
-        return (consumed + tf.reduce_sum(lengths), count + read), (tf.fill([read + marker], shard), indices, records, tags)
+        return (consumed + tf.reduce_sum(lengths), count + read), (
+            tf.fill([read + marker], shard),
+            indices,
+            records,
+            tags,
+        )
 
     zero = tf.constant(0, tf.int64)
     batches = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).batch(_GROUP)

@@ -35,12 +35,16 @@ flags.DEFINE_string("checkpoint", "best", "'best', 'backup' (the latest), 'check
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
 flags.DEFINE_list("formats", ["saved_model"], f"Formats to write, any of {', '.join(deploy.FORMATS)}.")
 flags.DEFINE_list(
-    "quantize", [], f"Quantized TFLite models to add (needs tflite in --formats), any of {', '.join(deploy.QUANTIZATIONS)}."
+    "quantize",
+    [],
+    f"Quantized TFLite models to add (needs tflite in --formats), any of {', '.join(deploy.QUANTIZATIONS)}.",
 )
 flags.DEFINE_integer("calibration_images", CALIBRATION_IMAGES, "Training images that calibrate an int8 model.")
 flags.DEFINE_list(
-    "tflite_input_size", None, f"HEIGHT,WIDTH (or one number, at most {MAX_INPUT_SIDE}) of the TFLite models' images; "
-    "default: the run's evaluation size (the image_size, or for the imagenet recipe the size whose centre crop it is)."
+    "tflite_input_size",
+    None,
+    f"HEIGHT,WIDTH (or one number, at most {MAX_INPUT_SIDE}) of the TFLite models' images; "
+    "default: the run's evaluation size (the image_size, or for the imagenet recipe the size whose centre crop it is).",
 )
 cli.define_gin_param_flag()
 FLAGS = flags.FLAGS
@@ -55,7 +59,9 @@ def _input_size(values: list[str] | None) -> tuple[int, int] | None:
     except ValueError:
         numbers = []
     if len(numbers) not in (1, 2) or min(numbers) <= 0:
-        raise ValueError(f"`--tflite_input_size` must be HEIGHT,WIDTH or one size, positive integers; received {','.join(values)!r}.")
+        raise ValueError(
+            f"`--tflite_input_size` must be HEIGHT,WIDTH or one size, positive integers; received {','.join(values)!r}."
+        )
     check_input_side(numbers, repr(",".join(values)))
     return (numbers[0], numbers[-1])
 

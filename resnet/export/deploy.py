@@ -166,7 +166,9 @@ def onnx_model(serve: Serve, opset: int = ONNX_OPSET) -> bytes:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     finally:
         tf2onnx_logger.setLevel(level)
-    unknown = sorted({node.op_type for node in _onnx_nodes(proto.graph) if not onnx.defs.has(node.op_type, node.domain)})
+    unknown = sorted(
+        {node.op_type for node in _onnx_nodes(proto.graph) if not onnx.defs.has(node.op_type, node.domain)}
+    )
     if unknown:
         raise ExportError(
             f"ONNX (opset {opset}) has no op for TensorFlow op(s) {', '.join(unknown)} in the serving graph, so "

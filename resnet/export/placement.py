@@ -86,6 +86,7 @@ def check_output(output: str | os.PathLike, overwrite: bool = False, model_dir: 
 
 def _nesting(path: str, other: str) -> str:
     """How `path` relates to `other` ("is", "holds", "lies inside") or "" if neither is in the other."""
+
     def parts(p: str) -> tuple[str, ...]:
         local = local_path(p)
         if local is not None:
@@ -96,9 +97,9 @@ def _nesting(path: str, other: str) -> str:
     a, b = parts(path), parts(other)
     if a == b:
         return "is"
-    if b[:len(a)] == a:
+    if b[: len(a)] == a:
         return "holds"
-    if a[:len(b)] == b:
+    if a[: len(b)] == b:
         return "lies inside"
     return ""
 
@@ -118,8 +119,11 @@ def remove_abandoned(output: str, progress: Callable[[str], None]) -> None:
         ages = [age for age in map(owners.modified_age, paths.values()) if age is not None]
         if not owners.is_gone(owner or {}, owners.STALE_SECONDS, min(ages) if ages else None):
             continue
-        described = owners.describe(owner, paths["owner"]) if owner else (
-            f"no readable owner, untouched for over {owners.STALE_SECONDS:g} s")
+        described = (
+            owners.describe(owner, paths["owner"])
+            if owner
+            else (f"no readable owner, untouched for over {owners.STALE_SECONDS:g} s")
+        )
         progress(f"Removing what an export that is gone left beside {output}: {described}")
         for kind in _WORKSPACE_KINDS:  # the owner file last: what it marks is never left ownerless
             if kind in paths:
@@ -273,11 +277,11 @@ def _move_files(source: str, target: str, keep_partial: bool) -> bool:
     moved: list[tuple[str, str]] = []
     try:
         for directory, _, files in walked:
-            tf.io.gfile.makedirs(target + directory[len(source):])
+            tf.io.gfile.makedirs(target + directory[len(source) :])
             for name in files:
                 path = join(directory, name)
-                tf.io.gfile.rename(path, target + path[len(source):], overwrite=False)
-                moved.append((path, target + path[len(source):]))
+                tf.io.gfile.rename(path, target + path[len(source) :], overwrite=False)
+                moved.append((path, target + path[len(source) :]))
     except BaseException as error:
         restored = _move_back(moved)
         if restored or not keep_partial:
@@ -304,4 +308,3 @@ def _move_back(moved: list[tuple[str, str]]) -> bool:
     except (tf.errors.OpError, OSError):
         return False
     return True
-

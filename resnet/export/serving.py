@@ -165,11 +165,12 @@ def calibration_batches(data: DataSource, size: Sequence[int], count: int) -> Ca
 
 
 def _check_formats(formats: Sequence[str], quantize: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    for argument, values, allowed in (("formats", formats, deploy.FORMATS), ("quantize", quantize, deploy.QUANTIZATIONS)):
+    for argument, values, allowed in (
+        ("formats", formats, deploy.FORMATS),
+        ("quantize", quantize, deploy.QUANTIZATIONS),
+    ):
         if isinstance(values, str) or any(value not in allowed for value in values):
-            raise ValueError(
-                f"`{argument}` must be a list of {', '.join(map(repr, allowed))}; received {values!r}."
-            )
+            raise ValueError(f"`{argument}` must be a list of {', '.join(map(repr, allowed))}; received {values!r}.")
     if not formats:
         raise ValueError(f"`formats` is empty; name one or more of {', '.join(map(repr, deploy.FORMATS))}.")
     if quantize and "tflite" not in formats:
@@ -215,7 +216,9 @@ class _Exporter:
                 file.write(content)
             self._check("model.onnx", deploy.OnnxRunner(self._read("model.onnx")), image_size="any")
         with tf.io.gfile.GFile(join(self.directory, "export.json"), "w") as file:
-            file.write(json.dumps({"inputs": "images: uint8 [batch, height, width, 3], RGB", "files": self.files}, indent=2))
+            file.write(
+                json.dumps({"inputs": "images: uint8 [batch, height, width, 3], RGB", "files": self.files}, indent=2)
+            )
 
     def _write_tflite(self, quantize: Sequence[str], calibration_images: int) -> None:
         height, width = self.size
@@ -235,14 +238,23 @@ class _Exporter:
     def _check(self, name: str, runner, image_size, quantization: str | None = None) -> None:
         results = deploy.check_outputs(name, runner, self.images, self.expected, quantization, self.tolerance)
         if image_size == "any":  # the worst of the two sizes
-            other = deploy.check_outputs(name, runner, self.other_images, self.other_expected, quantization, self.tolerance)
-            results["max_probability_difference"] = max(results["max_probability_difference"], other["max_probability_difference"])
+            other = deploy.check_outputs(
+                name, runner, self.other_images, self.other_expected, quantization, self.tolerance
+            )
+            results["max_probability_difference"] = max(
+                results["max_probability_difference"], other["max_probability_difference"]
+            )
             results["class_agreement"] = min(results["class_agreement"], other["class_agreement"])
         sizes = [(self.images, len(self.images))]
         if image_size == "any":
             sizes.append((self.other_images, len(self.other_images)))
         checked = sum(count for _, count in sizes)
-        self.files[name] = {"image_size": image_size, "quantization": quantization, "checked_images": checked, **results}
+        self.files[name] = {
+            "image_size": image_size,
+            "quantization": quantization,
+            "checked_images": checked,
+            **results,
+        }
         at = ", ".join(f"{count} at {images.shape[1]}x{images.shape[2]}" for images, count in sizes)
         self.progress(
             f"  {name}: checked against the Keras model on {checked} images ({at}): classes agree on "
@@ -268,5 +280,7 @@ class _Exporter:
         height, width = self.size
         if self.data is None:
             return np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, height, width, 3), dtype=np.uint8)
-        images = self.data.examples("eval").take(CHECK_IMAGES).map(lambda image, label: resize_to_fill(image, height, width))
+        images = (
+            self.data.examples("eval").take(CHECK_IMAGES).map(lambda image, label: resize_to_fill(image, height, width))
+        )
         return np.stack(list(images.as_numpy_iterator()))

@@ -30,7 +30,6 @@ class LoadReport:
         return text + (f"; skipped {', '.join(self.skipped)}" if self.skipped else "") + "."
 
 
-
 def _classifier_names(model: ResNet, source_name: Callable[[str], str]) -> set[str]:
     return {source_name(v.path) for v in model.weights if v.path.startswith("classifier/")}
 
@@ -82,8 +81,9 @@ def load_tensors(
             continue
         value = convert(path, raw)
         if tuple(value.shape) != tuple(variable.shape):
-            mismatched.append((name, f"{name} {tuple(raw.shape)} (as {tuple(value.shape)}) for "
-                                     f"{path} {tuple(variable.shape)}"))
+            mismatched.append(
+                (name, f"{name} {tuple(raw.shape)} (as {tuple(value.shape)}) for {path} {tuple(variable.shape)}")
+            )
             continue
         with np.errstate(over="ignore", invalid="ignore"):
             value = value.astype(variable.dtype)
@@ -93,13 +93,21 @@ def load_tensors(
             unusable.append((name, f"{name} has {count} non-finite value(s){cause}"))
             continue
         if path.rsplit("/", 1)[-1] == "moving_variance" and (value < 0).any():
-            unusable.append((name, f"{name} has {int((value < 0).sum())} negative value(s), impossible for a "
-                                   f"variance (the norm would output NaN)"))
+            unusable.append(
+                (
+                    name,
+                    f"{name} has {int((value < 0).sum())} negative value(s), impossible for a "
+                    f"variance (the norm would output NaN)",
+                )
+            )
             continue
         plan[path] = (name, value)
     used = {name for name, _ in plan.values()} | set(skipped) | {name for name, _ in mismatched + unusable}
-    unexpected = sorted(n for n in tensors if n not in used and not ignored(n)
-                        and not (skip_classifier and n in _classifier_names(model, source_name)))
+    unexpected = sorted(
+        n
+        for n in tensors
+        if n not in used and not ignored(n) and not (skip_classifier and n in _classifier_names(model, source_name))
+    )
     problems = []
     if unusable:
         problems.append(f"unusable values: {listing([text for _, text in unusable])}")
@@ -110,8 +118,11 @@ def load_tensors(
     if unexpected:
         problems.append(f"not used by the model: {listing(unexpected)}")
     if problems:
-        hint = " (a different number of classes? pass skip_classifier=True)" if any(
-            "classifier/" in text for _, text in mismatched) else ""
+        hint = (
+            " (a different number of classes? pass skip_classifier=True)"
+            if any("classifier/" in text for _, text in mismatched)
+            else ""
+        )
         raise ValueError(
             f"Cannot load {source} into {model.name!r}; nothing was loaded. " + "; ".join(problems) + hint + "."
         )

@@ -76,7 +76,10 @@ def _keras_counterpart(name: str, path: Path) -> keras.Model:
         raise ValueError(f"{str(path)!r} is not an HDF5 weights file (.h5 / .weights.h5): {error}.") from error
     include_top = classes is not None
     counterpart = getattr(keras.applications, name)(
-        weights=None, include_top=include_top, classes=classes or 1000, input_shape=(224, 224, 3) if include_top else None
+        weights=None,
+        include_top=include_top,
+        classes=classes or 1000,
+        input_shape=(224, 224, 3) if include_top else None,
     )
     mismatch = (
         f"Weights file {str(path)!r} does not hold keras.applications.{name} weights "

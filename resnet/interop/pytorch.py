@@ -19,8 +19,14 @@ from safetensors import SafetensorError
 from resnet.interop.core import LoadReport, load_tensors
 from resnet.model import ResNet
 
-_TORCH_LEAVES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
-                 "moving_mean": "running_mean", "moving_variance": "running_var"}
+_TORCH_LEAVES = {
+    "kernel": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "bias": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
 
 
 def _torch_name(model: ResNet) -> Callable[[str], str]:
@@ -63,8 +69,11 @@ def _tracked_counters(model: ResNet, torch_name: Callable[[str], str]) -> set[st
     carries no information for inference. Any other such name belongs to no module of the model.
     """
     names = (torch_name(variable.path) for variable in model.weights)
-    return {name.rsplit(".", 1)[0] + ".num_batches_tracked"
-            for name in names if name.endswith((".running_mean", ".running_var"))}
+    return {
+        name.rsplit(".", 1)[0] + ".num_batches_tracked"
+        for name in names
+        if name.endswith((".running_mean", ".running_var"))
+    }
 
 
 def _from_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
@@ -107,7 +116,9 @@ def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise ValueError(f"{str(path)!r} is not a torch weights file loadable with weights_only=True: {error}") from error
+        raise ValueError(
+            f"{str(path)!r} is not a torch weights file loadable with weights_only=True: {error}"
+        ) from error
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -150,5 +161,6 @@ def load_torch_state_dict(
         raise ValueError(f"`state_dict` must be a mapping or a file path; received {type(state_dict).__name__}.")
     torch_name = _torch_name(model)
     tracked = _tracked_counters(model, torch_name)
-    return load_tensors(model, state_dict, torch_name, _from_torch_layout, skip_classifier, source,
-                        ignored=tracked.__contains__)
+    return load_tensors(
+        model, state_dict, torch_name, _from_torch_layout, skip_classifier, source, ignored=tracked.__contains__
+    )

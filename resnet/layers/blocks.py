@@ -157,8 +157,14 @@ class ResidualBlock(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
             zero_kernel = {"kernel_initializer": "zeros"} if last and self.preact and self.zero_init_last else {}
             self.convs.append(
                 self._make_conv(
-                    filters, kernel_size, f"conv{i}", normalized=has_norm, strides=strides, dilation=dilation,
-                    groups=groups, **zero_kernel,
+                    filters,
+                    kernel_size,
+                    f"conv{i}",
+                    normalized=has_norm,
+                    strides=strides,
+                    dilation=dilation,
+                    groups=groups,
+                    **zero_kernel,
                 )
             )
             self.norms.append(
@@ -210,9 +216,7 @@ class BasicBlock(ResidualBlock):
 
     def _check_arguments(self) -> None:
         if self.filters % self.groups:
-            raise ValueError(
-                f"`BasicBlock.groups`={self.groups} must divide the block width `filters`={self.filters}."
-            )
+            raise ValueError(f"`BasicBlock.groups`={self.groups} must divide the block width `filters`={self.filters}.")
 
     @property
     def output_channels(self) -> int:

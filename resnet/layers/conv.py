@@ -58,9 +58,11 @@ class Conv2D(keras.layers.Conv2D):
 
     def _padded_shape(self, input_shape):
         p = 2 * self.pad_size
-        return tuple(input_shape[:1]) + tuple(
-            None if d is None else d + p for d in input_shape[1:3]
-        ) + tuple(input_shape[3:])
+        return (
+            tuple(input_shape[:1])
+            + tuple(None if d is None else d + p for d in input_shape[1:3])
+            + tuple(input_shape[3:])
+        )
 
     def build(self, input_shape):
         super().build(self._padded_shape(input_shape))
@@ -94,12 +96,20 @@ class Conv2D(keras.layers.Conv2D):
             def grad(dy):
                 padded = tf.pad(x, paddings)
                 dx = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=strides,
-                    padding="VALID", dilations=dilations,
+                    input_sizes=tf.shape(padded),
+                    filter=kernel,
+                    out_backprop=dy,
+                    strides=strides,
+                    padding="VALID",
+                    dilations=dilations,
                 )
                 dk = tf.raw_ops.Conv2DBackpropFilter(
-                    input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=strides,
-                    padding="VALID", dilations=dilations,
+                    input=padded,
+                    filter_sizes=tf.shape(kernel),
+                    out_backprop=dy,
+                    strides=strides,
+                    padding="VALID",
+                    dilations=dilations,
                 )
                 return dx[:, p:-p, p:-p, :], dk
 

@@ -177,9 +177,7 @@ class ProjectionShortcut(Shortcut):
         self.project_on_stride = bool(project_on_stride)
 
     def build(self, input_shape):
-        self.projects = (
-            self.always or input_shape[-1] != self.filters or (self.strides > 1 and self.project_on_stride)
-        )
+        self.projects = self.always or input_shape[-1] != self.filters or (self.strides > 1 and self.project_on_stride)
         if not self.projects:
             return
         self.pool = self._make_pool()

@@ -72,7 +72,9 @@ class ClassicStem(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
         self.widths = check_int_sequence(f"{cls}.widths", self.default_widths if widths is None else widths)
         if not self.widths:
             raise ValueError(f"`{cls}.widths` must hold at least one width; received ().")
-        self.kernel_size = check_int(f"{cls}.kernel_size", self.default_kernel_size if kernel_size is None else kernel_size)
+        self.kernel_size = check_int(
+            f"{cls}.kernel_size", self.default_kernel_size if kernel_size is None else kernel_size
+        )
         self.strides = check_int(f"{cls}.strides", self.default_strides if strides is None else strides)
         self.pool = bool(self.default_pool if pool is None else pool)
         self.norm = resolve_spec("norm", norm, f"{cls}.norm")
@@ -92,7 +94,11 @@ class ClassicStem(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
         self.convs, self.norms = [], []
         for i, width in enumerate(self.widths, start=1):
             conv = self._make_conv(
-                width, self.kernel_size, f"conv{i}", normalized=self.norm is not None, strides=self.strides if i == 1 else 1
+                width,
+                self.kernel_size,
+                f"conv{i}",
+                normalized=self.norm is not None,
+                strides=self.strides if i == 1 else 1,
             )
             self.convs.append(conv)
             self.norms.append(make_norm(self.norm, f"norm{i}", self.dtype_policy))

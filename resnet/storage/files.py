@@ -38,7 +38,7 @@ def join(path: str, *parts: str) -> str:
 def local_path(path: str) -> str | None:
     """The operating system's path for a local `path` (plain or `file://`), else None."""
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     return None if "://" in path else path
 
 
@@ -86,8 +86,9 @@ def read_text(path: str) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(f"{path} line {line}: byte {error.start + 1} of the file is not UTF-8 text; repair or "
-                         "move the file.") from None
+        raise ValueError(
+            f"{path} line {line}: byte {error.start + 1} of the file is not UTF-8 text; repair or move the file."
+        ) from None
 
 
 def remove_if_present(path: str) -> None:

@@ -45,8 +45,15 @@ def new_record(**extra: Any) -> dict[str, Any]:
     """The record of this process as an owner: host, pid, process start, a new token, start time
     and heartbeat (now), and `extra`."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "process_start": process_start(pid),
-            "token": uuid.uuid4().hex, "started": now(), "heartbeat": now(), **extra}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "process_start": process_start(pid),
+        "token": uuid.uuid4().hex,
+        "started": now(),
+        "heartbeat": now(),
+        **extra,
+    }
 
 
 def to_text(record: Mapping[str, Any]) -> str:
@@ -80,8 +87,10 @@ def describe(record: Mapping[str, Any], path: str) -> str:
     """The owner as error messages name it; an unreadable record is named by its path."""
     if not record:
         return f"unknown ({path} cannot be read as an owner record; delete it if nothing uses it)"
-    return (f"host {record.get('host')}, pid {record.get('pid')}, started {record.get('started')}, "
-            f"last heartbeat {record.get('heartbeat')}")
+    return (
+        f"host {record.get('host')}, pid {record.get('pid')}, started {record.get('started')}, "
+        f"last heartbeat {record.get('heartbeat')}"
+    )
 
 
 def is_gone(record: Mapping[str, Any], stale_after: float, age: float | None = None) -> bool:

@@ -59,18 +59,30 @@ def check_checkpoint(path: str, model: Mapping[str, tf.Variable], what: str, exa
             corrupt data file is found here).
         ValueError: Variables missing, of other shapes or (with `exact`) extra, the first named.
     """
-    reader = tf.compat.v1.train.NewCheckpointReader(path)  # not tf.train.list_variables: it takes a ram:// prefix for a directory
+    reader = tf.compat.v1.train.NewCheckpointReader(
+        path
+    )  # not tf.train.list_variables: it takes a ram:// prefix for a directory
     shapes = reader.get_variable_to_shape_map()
-    expected = {variable_checkpoint_key("model", name): (name, tuple(variable.shape))
-                for name, variable in model.items()}
-    reshaped = sorted(f"{name} {tuple(shapes[key])} in the file, {shape} in the model"
-                      for key, (name, shape) in expected.items() if key in shapes and tuple(shapes[key]) != shape)
+    expected = {
+        variable_checkpoint_key("model", name): (name, tuple(variable.shape)) for name, variable in model.items()
+    }
+    reshaped = sorted(
+        f"{name} {tuple(shapes[key])} in the file, {shape} in the model"
+        for key, (name, shape) in expected.items()
+        if key in shapes and tuple(shapes[key]) != shape
+    )
     missing = sorted(name for key, (name, _) in expected.items() if key not in shapes)
     unexpected = [variable_object_path(key) for key in shapes if exact and key not in expected]
     extra = sorted("/".join(at[1:]) for at in unexpected if at and at[0] == "model" and len(at) > 1)
-    problems = [f"{kind.format(len(found))} ({listing(found, 3)})" for kind, found in (
-        ("{} variable(s) have other shapes", reshaped), ("it lacks {} variable(s) of the model", missing),
-        ("it holds {} variable(s) the model lacks", extra)) if found]
+    problems = [
+        f"{kind.format(len(found))} ({listing(found, 3)})"
+        for kind, found in (
+            ("{} variable(s) have other shapes", reshaped),
+            ("it lacks {} variable(s) of the model", missing),
+            ("it holds {} variable(s) the model lacks", extra),
+        )
+        if found
+    ]
     if problems:
         raise ValueError(f"Checkpoint {path} does not fit {what}: " + "; ".join(problems) + ".")
     for key in shapes:  # every value read: a truncated or corrupt data file fails here, not half-way through a restore
@@ -78,8 +90,11 @@ def check_checkpoint(path: str, model: Mapping[str, tf.Variable], what: str, exa
 
 
 def restore_checkpoint(
-    checkpoint: tf.train.Checkpoint, path: str, model: Mapping[str, tf.Variable] | None = None,
-    what: str = "the model built from the gin config", exact: bool = False,
+    checkpoint: tf.train.Checkpoint,
+    path: str,
+    model: Mapping[str, tf.Variable] | None = None,
+    what: str = "the model built from the gin config",
+    exact: bool = False,
 ) -> None:
     """Restores `path` into `checkpoint`, which must match every object it holds, after
     `check_checkpoint(path, model, what, exact)` (`model`: the model variables `checkpoint`
@@ -127,4 +142,3 @@ def restore_model(model: keras.Model, path: str) -> None:
     model lacks (a deeper network's) is refused too: restoring the rest would be half a model."""
     variables = variables_by_path(model)
     restore_checkpoint(tf.train.Checkpoint(model=variables), path, variables, f"model {model.name!r}", exact=True)
-

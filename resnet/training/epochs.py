@@ -75,7 +75,8 @@ class EpochLoop:
         self.run_dir = trainer.run_dir
         self.managers = {
             kind: tf.train.CheckpointManager(
-                trainer.checkpoint, join(root, kind),
+                trainer.checkpoint,
+                join(root, kind),
                 max_to_keep=trainer.keep_checkpoints if kind == "checkpoints" else 1,
                 checkpoint_name=CHECKPOINT_NAMES[kind],
             )
@@ -93,9 +94,16 @@ class EpochLoop:
             with distribution.StopSignal(trainer.strategy) as stop:
                 # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
                 # where the last one stopped, without skipping to it again (see InputPipeline.train).
-                stream = iter(trainer.strategy.experimental_distribute_dataset(trainer.pipeline.train(
-                    start_epoch, skip_steps=skip, steps=trainer.steps_per_epoch, epochs=trainer.epochs - start_epoch
-                )))
+                stream = iter(
+                    trainer.strategy.experimental_distribute_dataset(
+                        trainer.pipeline.train(
+                            start_epoch,
+                            skip_steps=skip,
+                            steps=trainer.steps_per_epoch,
+                            epochs=trainer.epochs - start_epoch,
+                        )
+                    )
+                )
                 for epoch in range(start_epoch, trainer.epochs):
                     batches = itertools.islice(stream, trainer.steps - skip)
                     row = self._epoch(epoch, skip, batches, train_step, writer, stop)
@@ -115,8 +123,9 @@ class EpochLoop:
             loss, hits = (float(t) for t in train_step(batch))
             global_step = epoch * trainer.steps + step + 1
             if not math.isfinite(loss):
-                raise self.diverged(f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, "
-                                    f"step {step + 1})")
+                raise self.diverged(
+                    f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, step {step + 1})"
+                )
             loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
             if bar is not None:
                 bar.update(step + 1, [("loss", loss), ("accuracy", hits / trainer.batch_size)])
@@ -140,8 +149,11 @@ class EpochLoop:
         count, reports = self._skipped_records()
         if count > skipped_before:
             first = f"; first: {' | '.join(reports).rstrip('.')}" if reports else ""
-            print(f"Epoch {epoch + 1} skipped {count - skipped_before} unreadable training record(s) of "
-                  f"{trainer.data.name!r}{first}.", flush=True)
+            print(
+                f"Epoch {epoch + 1} skipped {count - skipped_before} unreadable training record(s) of "
+                f"{trainer.data.name!r}{first}.",
+                flush=True,
+            )
         results = trainer.evaluator.evaluate(on_batch=self.run_dir.lock.heartbeat)
         row = {
             "epoch": epoch + 1,
@@ -162,8 +174,10 @@ class EpochLoop:
         step = row["step"]
         self.check_finite(step)  # before anything of the epoch is written
         summary = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        print(f"Epoch {epoch + 1}/{trainer.epochs}  {summary}  lr {row['learning_rate']:.4g}  "
-              f"({row['seconds']:.0f}s)", flush=True)
+        print(
+            f"Epoch {epoch + 1}/{trainer.epochs}  {summary}  lr {row['learning_rate']:.4g}  ({row['seconds']:.0f}s)",
+            flush=True,
+        )
         # The epoch's checkpoints first: a failure writing the metrics cannot lose them.
         trainer.epoch.assign(epoch + 1)
         trainer.step_in_epoch.assign(0)
@@ -190,8 +204,11 @@ class EpochLoop:
     def _save(self, kind: str, number: int) -> None:
         manager = self.managers[kind]
         self.run_dir.lock.heartbeat()
-        with writing(f"the checkpoint {join(manager.directory, CHECKPOINT_NAMES[kind])}-{number}", self.run_dir,
-                     self.trainer.steps):
+        with writing(
+            f"the checkpoint {join(manager.directory, CHECKPOINT_NAMES[kind])}-{number}",
+            self.run_dir,
+            self.trainer.steps,
+        ):
             manager.save(checkpoint_number=number)
 
     def diverged(self, what: str) -> TrainingDiverged:
@@ -211,8 +228,11 @@ class EpochLoop:
                 lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
             )
         if not bool(self._all_finite()):
-            bad = [v.path for v in model.weights
-                   if keras.backend.is_float_dtype(v.dtype) and not np.isfinite(v.numpy()).all()]
+            bad = [
+                v.path
+                for v in model.weights
+                if keras.backend.is_float_dtype(v.dtype) and not np.isfinite(v.numpy()).all()
+            ]
             raise self.diverged(
                 f"The weights hold non-finite values after step {global_step} ({len(bad)} variable(s), "
                 f"first {', '.join(bad[:3])}) though the loss is finite; they are not saved"

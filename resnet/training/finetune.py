@@ -69,8 +69,9 @@ def freeze(model: ResNet, stages: int, stem: bool = True, argument: str = "stage
     """
     count = len(model.stage_blocks)
     if isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= count:
-        raise ValueError(f"`{argument}` must be an integer in [0, {count}] (the model has {count} stages); "
-                         f"received {stages!r}.")
+        raise ValueError(
+            f"`{argument}` must be an integer in [0, {count}] (the model has {count} stages); received {stages!r}."
+        )
     if stem:
         model.get_layer("stem").trainable = False
     for i in range(1, stages + 1):

@@ -11,7 +11,15 @@ from typing import Any, NoReturn
 from resnet.storage.files import read_bytes, write_atomically
 
 METRICS_COLUMNS = (
-    "epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5", "learning_rate", "seconds",
+    "epoch",
+    "step",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_top5",
+    "learning_rate",
+    "seconds",
 )
 """The columns of a run's `metrics.csv`, as the trainer writes them."""
 
@@ -87,9 +95,11 @@ class MetricsLog:
         new = self._check_row(None, ["" if row.get(key) is None else str(row.get(key)) for key in self.columns])
         epoch = int(new["epoch"])
         if epoch > len(rows) + 1:
-            raise ValueError(f"{self.path}: cannot record epoch {epoch}: it holds epochs 1 to {len(rows)}, and each "
-                             "line is one epoch, in order.")
-        rows[epoch - 1:epoch] = [new]
+            raise ValueError(
+                f"{self.path}: cannot record epoch {epoch}: it holds epochs 1 to {len(rows)}, and each "
+                "line is one epoch, in order."
+            )
+        rows[epoch - 1 : epoch] = [new]
         # Every field is a number or empty (checked): no quoting is needed.
         lines = [",".join(self.columns), *(",".join(r[key] for key in self.columns) for r in rows)]
         write_atomically(self.path, "\n".join(lines) + "\n")
@@ -114,8 +124,11 @@ class MetricsLog:
         if problem:  # first: the line may not be a row at all
             complain(number, f"epoch {epoch!r} {problem}")
         if len(fields) != len(self.columns):
-            complain(number, f"{len(fields)} field(s) where {len(self.columns)} were expected "
-                             f"({','.join(self.columns)}); the line may have been cut short")
+            complain(
+                number,
+                f"{len(fields)} field(s) where {len(self.columns)} were expected "
+                f"({','.join(self.columns)}); the line may have been cut short",
+            )
         row = dict(zip(self.columns, fields))
         for key, value in row.items():
             problem = _metric_problem(key, value)
@@ -124,8 +137,10 @@ class MetricsLog:
         return row
 
     def _damaged(self, number: int, problem: str) -> NoReturn:
-        raise ValueError(f"{self.path} line {number}: {problem}. Repair or remove the line, or move the file away: "
-                         "after the header each line is one epoch's metrics, epochs 1, 2, 3, ... in order.")
+        raise ValueError(
+            f"{self.path} line {number}: {problem}. Repair or remove the line, or move the file away: "
+            "after the header each line is one epoch's metrics, epochs 1, 2, 3, ... in order."
+        )
 
     def _refused(self, number: None, problem: str) -> NoReturn:
         raise ValueError(f"Cannot record in {self.path}: {problem}.")

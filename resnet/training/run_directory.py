@@ -43,14 +43,16 @@ CHECKPOINT_NAMES = {"backup": "backup", "checkpoints": "epoch", "best": "best"}
 """The name of each kind's checkpoints: `backup/backup-<step>`, `checkpoints/epoch-<epoch>`, `best/best-<epoch>`."""
 SHARED_STORAGE = "storage every worker sees (a shared file system, or a URI such as gs://...)"
 """What the `--model_dir` of a multi-worker run must be; errors about it say so in these words."""
-RESUMABLE_BINDINGS = frozenset({
-    "Trainer.epochs",
-    "Trainer.keep_checkpoints",
-    "Trainer.backup_every_steps",
-    "Trainer.progress",
-    "Trainer.cluster_timeout",
-    "InputPipeline.eval_batch_size",
-})
+RESUMABLE_BINDINGS = frozenset(
+    {
+        "Trainer.epochs",
+        "Trainer.keep_checkpoints",
+        "Trainer.backup_every_steps",
+        "Trainer.progress",
+        "Trainer.cluster_timeout",
+        "InputPipeline.eval_batch_size",
+    }
+)
 """Bindings a rerun may change and still be the same run (in any scope): how long it trains, how
 often it saves, what it prints, how long workers wait for each other, how evaluation is batched."""
 
@@ -172,9 +174,12 @@ class RunDirectory:
             state = tf.train.get_checkpoint_state(self.checkpoint_dir(kind))  # full paths, oldest first
             return list(reversed(state.all_model_checkpoint_paths)) if state is not None else []
         found = self._checkpoints_by_name(kind)
-        print(f"Warning: {self.join(kind, 'checkpoint')} cannot be read ({problem}); using the checkpoints found by "
-              f"name in {self.checkpoint_dir(kind)}: {', '.join(os.path.basename(p) for p in found) or 'none'}.",
-              file=sys.stderr, flush=True)
+        print(
+            f"Warning: {self.join(kind, 'checkpoint')} cannot be read ({problem}); using the checkpoints found by "
+            f"name in {self.checkpoint_dir(kind)}: {', '.join(os.path.basename(p) for p in found) or 'none'}.",
+            file=sys.stderr,
+            flush=True,
+        )
         return found
 
     def checkpoint_candidates(self, which: str) -> list[str]:
@@ -202,8 +207,11 @@ class RunDirectory:
             names = [os.path.basename(path) for path in reversed(found)]
             lines = [f'model_checkpoint_path: "{names[-1]}"', *(f'all_model_checkpoint_paths: "{n}"' for n in names)]
             write_atomically(state, "\n".join(lines) + "\n")
-        print(f"Replaced the damaged {state} ({problem}; kept as checkpoint.damaged) by one listing "
-              f"{', '.join(os.path.basename(p) for p in found) or 'no checkpoint'}.", flush=True)
+        print(
+            f"Replaced the damaged {state} ({problem}; kept as checkpoint.damaged) by one listing "
+            f"{', '.join(os.path.basename(p) for p in found) or 'no checkpoint'}.",
+            flush=True,
+        )
 
     def _state_problem(self, kind: str) -> str | None:
         """Why the `checkpoint` state file of `kind` cannot be used, or None if it can (or is absent)."""
@@ -240,8 +248,10 @@ class RunDirectory:
         A directory with neither (a run that failed before its first backup) is not yet a run."""
         if tf.io.gfile.exists(self.metrics.path):
             return True
-        return any(tf.io.gfile.exists(self.join(kind, "checkpoint")) or tf.io.gfile.glob(self.join(kind, "*.index"))
-                   for kind in CHECKPOINT_KINDS)
+        return any(
+            tf.io.gfile.exists(self.join(kind, "checkpoint")) or tf.io.gfile.glob(self.join(kind, "*.index"))
+            for kind in CHECKPOINT_KINDS
+        )
 
     # ----------------------------------------------------------------------- identity
 
@@ -268,8 +278,11 @@ class RunDirectory:
         if not tf.io.gfile.exists(self.join("operative_config.gin")):
             return
         if not self.started():
-            print(f"`--model_dir` {self.path!r} holds no checkpoint and no metrics yet (a run that stopped before its "
-                  "first backup): it takes this run's configuration.", flush=True)
+            print(
+                f"`--model_dir` {self.path!r} holds no checkpoint and no metrics yet (a run that stopped before its "
+                "first backup): it takes this run's configuration.",
+                flush=True,
+            )
             return
         try:
             changed = differing_bindings(self.operative_config(), operative, RESUMABLE_BINDINGS)
@@ -283,7 +296,9 @@ class RunDirectory:
         lines = [f"  {key}: {old} -> {new}" for key, old, new in changed]
         raise RunDirectoryMismatch(
             f"`--model_dir` {self.path!r} holds a run with another configuration; {len(changed)} "
-            f"binding{'s differ' if len(changed) > 1 else ' differs'} (recorded -> now):\n" + "\n".join(lines)
+            f"binding{'s differ' if len(changed) > 1 else ' differs'} (recorded -> now):\n"
+            + "\n".join(lines)
             + "\nUse a new `--model_dir` for a new run (a resumed run may change only "
-            + ", ".join(sorted(RESUMABLE_BINDINGS)) + ")."
+            + ", ".join(sorted(RESUMABLE_BINDINGS))
+            + ")."
         )

@@ -144,6 +144,8 @@ class RunLock:
             remove_if_present(self.path)
             return
         if tf.io.gfile.listdir(self.path):
-            raise ValueError(f"{self.path} is a directory with files in it, where the run's lock file belongs; move "
-                             "it out of the run directory (it is not part of a run).")
+            raise ValueError(
+                f"{self.path} is a directory with files in it, where the run's lock file belongs; move "
+                "it out of the run directory (it is not part of a run)."
+            )
         tf.io.gfile.rmtree(self.path)  # empty: nothing but the directory itself goes

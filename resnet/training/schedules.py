@@ -31,7 +31,9 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     [0.01, 0.05, 0.1, 0.1, 0.01]
     """
 
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int, shift: bool = False):
+    def __init__(
+        self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int, shift: bool = False
+    ):
         self.schedule = schedule
         self.warmup_steps = int(warmup_steps)
         self.shift = bool(shift)

@@ -133,8 +133,13 @@ def make_train_step(
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             logits, per_example = classification_loss(
-                model, images, labels, num_classes=num_classes, from_logits=from_logits,
-                label_smoothing=label_smoothing, training=True,
+                model,
+                images,
+                labels,
+                num_classes=num_classes,
+                from_logits=from_logits,
+                label_smoothing=label_smoothing,
+                training=True,
             )
             data_loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             loss = data_loss
@@ -154,8 +159,10 @@ def make_train_step(
     @tf.function
     def train_step(batch):
         loss, correct = strategy.run(replica_step, args=batch)
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+        )
 
     return train_step
 

@@ -142,7 +142,9 @@ class Trainer:
         self.model_fn = model
         self.epochs = check_int("Trainer.epochs", epochs)
         self.batch_size = check_int("Trainer.batch_size", batch_size)
-        self.steps_per_epoch = None if steps_per_epoch is None else check_int("Trainer.steps_per_epoch", steps_per_epoch)
+        self.steps_per_epoch = (
+            None if steps_per_epoch is None else check_int("Trainer.steps_per_epoch", steps_per_epoch)
+        )
         self.learning_rate = learning_rate
         self.momentum = check_rate("Trainer.momentum", momentum)
         self.nesterov = bool(nesterov)
@@ -208,8 +210,11 @@ class Trainer:
             raise ValueError(
                 f"`Trainer.batch_size`={self.batch_size} (global) must be a multiple of the {replicas} replicas."
             )
-        print(f"Strategy {self.strategy_name!r}: {replicas} replica{'s' if replicas > 1 else ''}, "
-              f"{self.batch_size // replicas} images per replica per step.", flush=True)
+        print(
+            f"Strategy {self.strategy_name!r}: {replicas} replica{'s' if replicas > 1 else ''}, "
+            f"{self.batch_size // replicas} images per replica per step.",
+            flush=True,
+        )
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
         self.steps = self.steps_per_epoch or self.pipeline.steps_per_epoch()
         count = None if self.steps else self.data.num_examples("train")  # counted again only to explain
@@ -231,7 +236,9 @@ class Trainer:
             self.schedule = self.learning_rate(
                 steps_per_epoch=self.steps, total_steps=self.steps * self.epochs, batch_size=self.batch_size
             )
-            optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=self.momentum, nesterov=self.nesterov)
+            optimizer = keras.optimizers.SGD(
+                learning_rate=self.schedule, momentum=self.momentum, nesterov=self.nesterov
+            )
             if self.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
@@ -247,8 +254,13 @@ class Trainer:
             best_accuracy=self.best_accuracy,
         )
         self.evaluator = Evaluator(
-            self.model, self.pipeline, num_classes=self.data.num_classes, from_logits=self.from_logits,
-            data_name=self.data.name, strategy=self.strategy, jit_compile=self.jit_compile,
+            self.model,
+            self.pipeline,
+            num_classes=self.data.num_classes,
+            from_logits=self.from_logits,
+            data_name=self.data.name,
+            strategy=self.strategy,
+            jit_compile=self.jit_compile,
         )
         self._built = True
 
@@ -276,9 +288,7 @@ class Trainer:
             )
         activation = getattr(model, "classifier_activation", None)
         if activation not in (None, "linear", "softmax"):
-            raise ValueError(
-                f"Training needs logits or softmax outputs; the classifier activation is {activation!r}."
-            )
+            raise ValueError(f"Training needs logits or softmax outputs; the classifier activation is {activation!r}.")
         check_no_model_losses(model)
         return model, activation != "softmax"
 
@@ -286,9 +296,15 @@ class Trainer:
         """The distributed train step of this trainer (see `resnet.training.steps.make_train_step`)."""
         self.build()
         return make_train_step(
-            self.model, self.optimizer, self.strategy, num_classes=self.data.num_classes,
-            global_batch_size=self.batch_size, from_logits=self.from_logits, weight_decay=self.weight_decay,
-            label_smoothing=self.label_smoothing, jit_compile=self.jit_compile,
+            self.model,
+            self.optimizer,
+            self.strategy,
+            num_classes=self.data.num_classes,
+            global_batch_size=self.batch_size,
+            from_logits=self.from_logits,
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            jit_compile=self.jit_compile,
         )
 
     # ---------------------------------------------------------------------------- restoring
@@ -307,8 +323,9 @@ class Trainer:
         """
         self.build()
         model = variables_by_path(self.model)
-        return restore_newest_intact(lambda path: restore_checkpoint(self.checkpoint, path, model),
-                                     self.run_dir.checkpoint_candidates(which))
+        return restore_newest_intact(
+            lambda path: restore_checkpoint(self.checkpoint, path, model), self.run_dir.checkpoint_candidates(which)
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates the current weights on the whole evaluation split (see `Evaluator`)."""

@@ -24,10 +24,14 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
 
 
 def example(encoded: bytes, label: int, image_key="image/encoded", label_key="image/class/label") -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-        label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString()
 
 
 def write_shard(path, records: list[bytes]) -> None:
@@ -49,4 +53,3 @@ def write_image_folder(root, classes: dict[str, list[str]], seed: int = 0) -> di
                 file.write(encode(image, fmt))
             pngs[path] = image
     return pngs
-

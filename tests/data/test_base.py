@@ -41,6 +41,11 @@ def test_split_must_be_train_or_eval():
     with pytest.raises(ValueError, match=r"`split`"):
         SyntheticData().num_examples("validation")
     source = Squares()
-    for read in (source.records, source.examples, source.num_examples, lambda s: source.decode(source.records("train"), s)):
+    for read in (
+        source.records,
+        source.examples,
+        source.num_examples,
+        lambda s: source.decode(source.records("train"), s),
+    ):
         with pytest.raises(ValueError, match=r"`split` must be one of 'train', 'eval'; received 'validation'"):
             read("validation")

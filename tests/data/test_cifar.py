@@ -77,8 +77,12 @@ def test_cifar_refuses_a_pickle_that_would_run_code_without_running_it(tmp_path)
     [
         (lambda p: write_cifar_batch(p, random_images(2), [0, 10]), r"'labels' holds 10, outside \[0, 10\)"),
         (lambda p: write_cifar_batch(p, random_images(2), [0]), r"'labels' must be 2 integers"),
-        (lambda p: p.write_bytes(pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, protocol=2)),
-         r"'data' must be a uint8 array of shape \(N, 3072\).*\(2, 3000\)"),
+        (
+            lambda p: p.write_bytes(
+                pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, protocol=2)
+            ),
+            r"'data' must be a uint8 array of shape \(N, 3072\).*\(2, 3000\)",
+        ),
         (lambda p: p.write_bytes(pickle.dumps({b"labels": [0]}, protocol=2)), r"missing key\(s\) \['data'\]"),
         (lambda p: p.write_bytes(pickle.dumps([1, 2], protocol=2)), r"expected a pickled dict"),
         (lambda p: p.write_bytes(open(p, "rb").read()[:100]), r"not a readable CIFAR batch .* or truncated"),

@@ -30,7 +30,9 @@ def test_runs_of_corrupt_files_are_named_whole_or_skipped_and_counted(tmp_path, 
         with open(paths[i], "wb") as file:
             file.write(b"\x89PNG\r\n\x1a\n cut short")
     names = ", ".join(paths[i] for i in first_run)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"could not read or decode {names} (TensorFlow")):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=re.escape(f"could not read or decode {names} (TensorFlow")
+    ):
         read_all(ImageFolderData(str(tmp_path), str(tmp_path)), "train")
     source = ImageFolderData(str(tmp_path), str(tmp_path), skip_corrupt=True)
     images, labels = read_all(source, "train")

@@ -17,7 +17,11 @@ def test_digits_split_is_stratified_deterministic_and_covers_all_1797():
     assert train.element_spec[0] == tf.TensorSpec([32, 32, 3], tf.uint8)
     train_labels = np.array([int(label) for _, label in train])
     eval_labels = np.array([int(label) for _, label in evaluation])
-    assert (len(train_labels), len(eval_labels)) == (1437, 360) == (source.num_examples("train"), source.num_examples("eval"))
+    assert (
+        (len(train_labels), len(eval_labels))
+        == (1437, 360)
+        == (source.num_examples("train"), source.num_examples("eval"))
+    )
     all_counts = np.bincount(load_digits().target, minlength=10)
     np.testing.assert_allclose(np.bincount(eval_labels, minlength=10), all_counts * 0.2, atol=1)
     again = DigitsData()
@@ -53,14 +57,21 @@ def test_digits_images_are_the_scaled_digits_resized_on_three_equal_channels():
 def test_synthetic_data_is_deterministic_and_differs_by_seed_and_split():
     source = SyntheticData(train_examples=5, eval_examples=3, image_size=16, num_classes=7)
     assert (source.name, source.num_classes, source.num_examples("train"), source.num_examples("eval")) == (
-        "synthetic", 7, 5, 3,
+        "synthetic",
+        7,
+        5,
+        3,
     )
     images, labels = read_all(source, "train")
     assert len(images) == 5 and images[0].shape == (16, 16, 3) and set(labels) <= set(range(7))
-    same, same_labels = read_all(SyntheticData(train_examples=5, eval_examples=3, image_size=16, num_classes=7), "train")
+    same, same_labels = read_all(
+        SyntheticData(train_examples=5, eval_examples=3, image_size=16, num_classes=7), "train"
+    )
     np.testing.assert_array_equal(np.stack(images), np.stack(same))
     np.testing.assert_array_equal(labels, same_labels)
-    reseeded = read_all(SyntheticData(train_examples=5, eval_examples=3, image_size=16, num_classes=7, seed=1), "train")[0]
+    reseeded = read_all(
+        SyntheticData(train_examples=5, eval_examples=3, image_size=16, num_classes=7, seed=1), "train"
+    )[0]
     assert not np.array_equal(np.stack(images), np.stack(reseeded))
     assert not np.array_equal(images[0], read_all(source, "eval")[0][0])
     assert len(np.unique(np.stack(images))) > 200  # spread over the uint8 range

@@ -125,15 +125,21 @@ def test_a_fresh_pipeline_resumed_at_any_step_gives_the_tail_of_the_epoch(cache)
 
     full = epoch_labels(pipeline(), epoch=5)
     for skip in range(8):
-        assert epoch_labels(pipeline(), epoch=5, skip_steps=skip) == full[4 * skip:]
+        assert epoch_labels(pipeline(), epoch=5, skip_steps=skip) == full[4 * skip :]
 
 
 @pytest.mark.slow
 def test_resume_skips_a_corrupt_tfrecord_before_the_resume_point_without_decoding_it(tmp_path):
     (tmp_path / "clean").mkdir()
     (tmp_path / "corrupt").mkdir()
-    clean = InputPipeline(tfrecord_source(tmp_path / "clean"), Preprocessing(**IMAGENET), batch_size=4, seed=2,
-                          cache=False, shuffle_buffer=6)
+    clean = InputPipeline(
+        tfrecord_source(tmp_path / "clean"),
+        Preprocessing(**IMAGENET),
+        batch_size=4,
+        seed=2,
+        cache=False,
+        shuffle_buffer=6,
+    )
     order = epoch_labels(clean, epoch=0)
     corrupt = 1 * 8 + 5  # the label of record 5 of shard 1
     position = order.index(corrupt)  # where it lands in epoch 0
@@ -144,13 +150,24 @@ def test_resume_skips_a_corrupt_tfrecord_before_the_resume_point_without_decodin
     # Resumed past it: never read, never reported, and the rest of the epoch is the clean one.
     assert_same(batches(pipe.train(epoch=0, skip_steps=step + 1)), batches(clean.train(epoch=0, skip_steps=step + 1)))
     # Resumed before it: reported by shard and record, after the shuffle as before it.
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"could not read or decode .*train-00001-of-00003 \(record 5\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"could not read or decode .*train-00001-of-00003 \(record 5\)"
+    ):
         batches(pipe.train(epoch=0, skip_steps=step))
-    skipping = InputPipeline(tfrecord_source(tmp_path / "corrupt", skip_corrupt=True, corrupt=(1, 5)),
-                             Preprocessing(**IMAGENET), batch_size=4, seed=2, cache=False, shuffle_buffer=6)
-    assert epoch_labels(skipping, epoch=0, skip_steps=step + 1) == order[4 * (step + 1):]
+    skipping = InputPipeline(
+        tfrecord_source(tmp_path / "corrupt", skip_corrupt=True, corrupt=(1, 5)),
+        Preprocessing(**IMAGENET),
+        batch_size=4,
+        seed=2,
+        cache=False,
+        shuffle_buffer=6,
+    )
+    assert epoch_labels(skipping, epoch=0, skip_steps=step + 1) == order[4 * (step + 1) :]
     assert skipping.source.skipped_count("train") == 0
-    assert epoch_labels(skipping, epoch=0, skip_steps=step) == [label for label in order[4 * step:] if label != corrupt][:-3]
+    assert (
+        epoch_labels(skipping, epoch=0, skip_steps=step)
+        == [label for label in order[4 * step :] if label != corrupt][:-3]
+    )
     assert skipping.source.skipped_count("train") == 1
 
 
@@ -162,13 +179,14 @@ def test_resume_skips_a_corrupt_image_file_before_the_resume_point(tmp_path):
         (tmp_path / "train" / f"class{c}" / "image.png").write_bytes(tf.io.encode_png(image).numpy())
     train = str(tmp_path / "train")
     prep = Preprocessing(**CIFAR)
-    order = epoch_labels(InputPipeline(ImageFolderData(train, train), prep, batch_size=2, seed=0, cache=False,
-                                       shuffle_buffer=4), epoch=3)
+    order = epoch_labels(
+        InputPipeline(ImageFolderData(train, train), prep, batch_size=2, seed=0, cache=False, shuffle_buffer=4), epoch=3
+    )
     target, step = order[5], 2  # the image at position 5 is in batch 2 of 5
     broken = tmp_path / "train" / f"class{target}" / "image.png"
     broken.write_bytes(broken.read_bytes()[:30])
     pipe = InputPipeline(ImageFolderData(train, train), prep, batch_size=2, seed=0, cache=False, shuffle_buffer=4)
-    assert epoch_labels(pipe, epoch=3, skip_steps=step + 1) == order[2 * (step + 1):]
+    assert epoch_labels(pipe, epoch=3, skip_steps=step + 1) == order[2 * (step + 1) :]
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"could not read or decode .*class{target}/image\.png"):
         epoch_labels(pipe, epoch=3, skip_steps=step)
 
@@ -177,9 +195,16 @@ def test_a_truncated_shard_is_still_reported_when_its_records_are_shuffled(tmp_p
     pattern = write_jpeg_shards(tmp_path)
     shard = tmp_path / "train-00002-of-00003"
     shard.write_bytes(shard.read_bytes()[:-30])
-    pipe = InputPipeline(TFRecordData(pattern, pattern, num_classes=24), Preprocessing(**IMAGENET), batch_size=4,
-                         cache=False, shuffle_buffer=24)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"could not read .*train-00002-of-00003 \(record 7\) or any"):
+    pipe = InputPipeline(
+        TFRecordData(pattern, pattern, num_classes=24),
+        Preprocessing(**IMAGENET),
+        batch_size=4,
+        cache=False,
+        shuffle_buffer=24,
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"could not read .*train-00002-of-00003 \(record 7\) or any"
+    ):
         batches(pipe.train(epoch=0))
 
 
@@ -282,8 +307,9 @@ def test_steps_repeat_the_split_and_resume_within_them(cache):
 def test_short_epochs_go_on_through_the_split_instead_of_rereading_its_head(cache):
     # 5 steps of 10 from 1000 examples through a buffer of 50: each epoch used to start a new
     # pass, and 10 epochs saw 93 distinct examples.
-    pipe = InputPipeline(Numbered(train_examples=1000), Preprocessing(**PLAIN), batch_size=10, seed=4,
-                         cache=cache, shuffle_buffer=50)
+    pipe = InputPipeline(
+        Numbered(train_examples=1000), Preprocessing(**PLAIN), batch_size=10, seed=4, cache=cache, shuffle_buffer=50
+    )
     seen = [epoch_labels(pipe, epoch=epoch, steps=5) for epoch in range(20)]
     assert len(set(sum(seen[:10], []))) == 500
     assert sorted(sum(seen, [])) == list(range(1000))  # 20 epochs: every example exactly once
@@ -296,8 +322,14 @@ def test_short_epochs_go_on_through_the_split_instead_of_rereading_its_head(cach
 def test_epochs_are_consecutive_stretches_of_one_stream_and_resume_anywhere_in_it(cache, counted):
     # 30 examples, epochs of 3 batches of 4: epochs cross the ends of passes.
     def pipeline():  # a new source and pipeline for each call, as in a restarted process
-        return InputPipeline(Numbered(counted=counted), Preprocessing("cifar", image_size=8, pad=2), batch_size=4,
-                             seed=3, cache=cache, shuffle_buffer=7)
+        return InputPipeline(
+            Numbered(counted=counted),
+            Preprocessing("cifar", image_size=8, pad=2),
+            batch_size=4,
+            seed=3,
+            cache=cache,
+            shuffle_buffer=7,
+        )
 
     dataset = pipeline().train(epoch=0, steps=3, epochs=6)
     # Workers of a multi-worker run each read this whole stream, keeping their part of each batch.
@@ -308,21 +340,30 @@ def test_epochs_are_consecutive_stretches_of_one_stream_and_resume_anywhere_in_i
     assert sorted(labels[:60]) == sorted(2 * list(range(30)))  # two whole passes, then the third
     assert labels[:30] != labels[30:60]
     for epoch in range(6):
-        assert_same(batches(pipeline().train(epoch=epoch, steps=3)), stream[3 * epoch:3 * epoch + 3])
+        assert_same(batches(pipeline().train(epoch=epoch, steps=3)), stream[3 * epoch : 3 * epoch + 3])
     for epoch, skip in ((0, 2), (2, 1), (4, 2), (5, 3)):
-        assert_same(batches(pipeline().train(epoch=epoch, skip_steps=skip, steps=3, epochs=6 - epoch)),
-                    stream[3 * epoch + skip:])
+        assert_same(
+            batches(pipeline().train(epoch=epoch, skip_steps=skip, steps=3, epochs=6 - epoch)),
+            stream[3 * epoch + skip :],
+        )
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
 def test_several_epochs_of_one_pass_each_are_the_epochs_one_after_another(cache):
-    pipe = InputPipeline(Numbered(), Preprocessing("cifar", image_size=8, pad=2), batch_size=4, seed=6,
-                         cache=cache, shuffle_buffer=9)
+    pipe = InputPipeline(
+        Numbered(), Preprocessing("cifar", image_size=8, pad=2), batch_size=4, seed=6, cache=cache, shuffle_buffer=9
+    )
     each = [batches(pipe.train(epoch=epoch)) for epoch in (2, 3, 4)]
     assert_same(batches(pipe.train(epoch=2, epochs=3)), sum(each, []))
     assert_same(batches(pipe.train(epoch=2, skip_steps=5, epochs=3)), sum(each, [])[5:])
-    unsized = InputPipeline(Numbered(counted=False), Preprocessing("cifar", image_size=8, pad=2), batch_size=4,
-                            seed=6, cache=cache, shuffle_buffer=9)
+    unsized = InputPipeline(
+        Numbered(counted=False),
+        Preprocessing("cifar", image_size=8, pad=2),
+        batch_size=4,
+        seed=6,
+        cache=cache,
+        shuffle_buffer=9,
+    )
     assert_same(batches(unsized.train(epoch=2, skip_steps=5, epochs=3)), sum(each, [])[5:])
 
 
@@ -346,7 +387,9 @@ def test_eval_is_every_example_in_order(tmp_path, cache):
     evaluated = batches(pipe.eval())
     assert [len(labels) for _, labels in evaluated] == [5, 5, 5, 5, 4]
     expected = [(prep.eval(image).numpy(), int(label)) for image, label in source.examples("eval")]
-    np.testing.assert_array_equal(np.concatenate([images for images, _ in evaluated]), np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(
+        np.concatenate([images for images, _ in evaluated]), np.stack([e[0] for e in expected])
+    )
     np.testing.assert_array_equal(np.concatenate([labels for _, labels in evaluated]), [e[1] for e in expected])
     assert_same(batches(pipe.eval()), evaluated)
 

@@ -30,11 +30,15 @@ def test_every_recipe_gives_float32_images_of_image_size(recipe, height, width):
 def test_normalization_of_a_constant_image():
     constant = tf.fill([32, 32, 3], tf.constant(128, tf.uint8))
     expected = (128 - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
-    np.testing.assert_allclose(Preprocessing().eval(constant).numpy(), np.broadcast_to(expected, (32, 32, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        Preprocessing().eval(constant).numpy(), np.broadcast_to(expected, (32, 32, 3)), rtol=1e-6
+    )
     prep = Preprocessing("imagenet", image_size=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     expected = (128 - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
     for method in (prep.train, prep.eval):  # any crop or resize of a constant image is that constant
-        np.testing.assert_allclose(method(tf.fill([40, 50, 3], tf.constant(128, tf.uint8))).numpy()[5, 5], expected, rtol=1e-5)
+        np.testing.assert_allclose(
+            method(tf.fill([40, 50, 3], tf.constant(128, tf.uint8))).numpy()[5, 5], expected, rtol=1e-5
+        )
 
 
 def test_cifar_train_is_a_shifted_window_of_the_zero_padded_image_and_flips_half():
@@ -103,7 +107,8 @@ def test_serve_equals_eval_on_each_image(recipe):
 
 def test_recipes_trace_inside_tf_data_with_unknown_sizes():
     images = tf.data.Dataset.from_generator(
-        lambda: (image(20 + k, 30 - k, seed=k) for k in range(4)), output_signature=tf.TensorSpec([None, None, 3], tf.uint8)
+        lambda: (image(20 + k, 30 - k, seed=k) for k in range(4)),
+        output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
     )
     for recipe in ("cifar", "imagenet", "none"):
         prep = Preprocessing(recipe, image_size=16)
@@ -129,11 +134,15 @@ def test_train_with_a_seed_depends_on_the_image_and_seed_only(recipe):
 def test_train_flips_with_seeds_and_refuses_bad_seeds():
     prep = Preprocessing(pad=0)
     original = image(32, 32)
-    flipped = [np.array_equal(np.round(pixels(prep, prep.train(original, seed=[0, k]))), original.numpy()[:, ::-1])
-               for k in range(30)]
+    flipped = [
+        np.array_equal(np.round(pixels(prep, prep.train(original, seed=[0, k]))), original.numpy()[:, ::-1])
+        for k in range(30)
+    ]
     assert 5 < sum(flipped) < 25
     for bad in ([1.0, 2.0], [1, 2, 3], 7, "seed"):
-        with pytest.raises(ValueError, match=r"`seed` must be None or 2 integers \(int32 or int64, shape \[2\]\); received"):
+        with pytest.raises(
+            ValueError, match=r"`seed` must be None or 2 integers \(int32 or int64, shape \[2\]\); received"
+        ):
             prep.train(original, seed=bad)
 
 

@@ -26,8 +26,11 @@ def test_every_source_class_is_importable_from_sources_and_from_resnet_data():
     def subclasses(cls):
         return {cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))}
 
-    defined = {cls.__name__ for cls in subclasses(DataSource)
-               if cls.__module__.startswith("resnet.data.") and not cls.__name__.startswith("_")}
+    defined = {
+        cls.__name__
+        for cls in subclasses(DataSource)
+        if cls.__module__.startswith("resnet.data.") and not cls.__name__.startswith("_")
+    }
     assert defined == {"DataSource", *(name for names in FAMILIES.values() for name in names)}
     assert set(sources.__all__) == defined | {"DataError", "SPLITS", "IMAGE_EXTENSIONS"}
 
@@ -47,4 +50,3 @@ def test_sources_are_gin_configurable(tmp_path):
         resnet.ImageFolderData.skip_corrupt = True
         TfdsData.data_dir = '/data/tfds'
     """)  # gin refuses bindings of unknown configurables or arguments
-

@@ -28,14 +28,24 @@ def test_tfds_reads_a_prepared_dataset_and_refuses_an_unprepared_one(tmp_path):
             features = tfds.features.FeaturesDict(
                 {"image": tfds.features.Image(shape=(6, 6, 1)), "label": tfds.features.ClassLabel(num_classes=3)}
             )
-            super().__init__(name="tiny_gray", version="1.0.0", split_datasets={"train": split, "test": split.take(1)},
-                             features=features, **kwargs)
+            super().__init__(
+                name="tiny_gray",
+                version="1.0.0",
+                split_datasets={"train": split, "test": split.take(1)},
+                features=features,
+                **kwargs,
+            )
 
     with pytest.raises(DataError, match=r"'tiny_gray' is not prepared in data_dir '.*'; TfdsData never downloads"):
         TfdsData("tiny_gray", data_dir=str(tmp_path))
     TinyGray(data_dir=str(tmp_path)).download_and_prepare()
     source = TfdsData("tiny_gray:1.0.0", data_dir=str(tmp_path))
-    assert (source.name, source.num_classes, source.num_examples("train"), source.num_examples("eval")) == ("tiny_gray", 3, 3, 1)
+    assert (source.name, source.num_classes, source.num_examples("train"), source.num_examples("eval")) == (
+        "tiny_gray",
+        3,
+        3,
+        1,
+    )
     read, labels = read_all(source, "train")
     np.testing.assert_array_equal(np.stack(read), np.repeat(gray, 3, axis=-1))
     np.testing.assert_array_equal(labels, [0, 2, 1])

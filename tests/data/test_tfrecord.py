@@ -61,7 +61,9 @@ def test_tfrecord_label_offset_and_out_of_range_labels(tmp_path):
         match=r"train-00000-of-00001 \(record 4\): label 5 .*outside \[0, 5\).*`TFRecordData.label_offset = 1`",
     ):
         read_all(TFRecordData(pattern, pattern, num_classes=5), "train")
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(record 0\): label -1 \(stored value 1, label_offset 2\)"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"\(record 0\): label -1 \(stored value 1, label_offset 2\)"
+    ):
         read_all(TFRecordData(pattern, pattern, num_classes=5, label_offset=2), "train")
 
 
@@ -84,7 +86,9 @@ def test_tfrecord_patterns_that_match_nothing_and_wrong_features(tmp_path):
     with pytest.raises(ValueError, match=r"`TFRecordData.train_files` must be a glob pattern or a non-empty list"):
         TFRecordData([], str(tmp_path / "train-*"), num_classes=5)
     write_shard(tmp_path / "tfds-style", [example(b"", 0, image_key="image", label_key="label")])
-    with pytest.raises(DataError, match=r"tfds-style: expected ImageNet-format Examples .* features 'image' \(bytes_list\), 'label'"):
+    with pytest.raises(
+        DataError, match=r"tfds-style: expected ImageNet-format Examples .* features 'image' \(bytes_list\), 'label'"
+    ):
         TFRecordData(str(tmp_path / "tfds-style"), str(tmp_path / "train-*"), num_classes=5)
 
 
@@ -93,7 +97,9 @@ def test_tfrecord_corrupt_image_fails_naming_shard_and_record_or_is_skipped(tmp_
     records = [example(good, 0), example(b"\x89PNG\r\n\x1a\n not really", 1), example(good, 2), example(b"junk", 3)]
     write_shard(tmp_path / "shard", records)
     path = str(tmp_path / "shard")
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"could not read or decode .*shard \(record 1\).*skip_corrupt = True"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"could not read or decode .*shard \(record 1\).*skip_corrupt = True"
+    ):
         read_all(TFRecordData(path, path, num_classes=4), "train")
     source = TFRecordData(path, path, num_classes=4, skip_corrupt=True)
     np.testing.assert_array_equal(read_all(source, "train")[1], [0, 2])

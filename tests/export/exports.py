@@ -15,7 +15,7 @@ def tree(directory: str) -> set[str]:
     """Paths of every file and directory below `directory`, relative to it."""
     found = set()
     for root, dirs, files in tf.io.gfile.walk(directory):
-        relative = root[len(directory) + 1:]
+        relative = root[len(directory) + 1 :]
         found |= {f"{relative}/{name}".lstrip("/") for name in dirs + files}
     return found
 
@@ -91,7 +91,9 @@ def record_when_complete(monkeypatch, path) -> list[dict[str, object]]:
 
 
 def is_new_export(output) -> bool:
-    return "variables/variables.index" in " ".join(tree(os.fspath(output))) and '"files"' in read(f"{output}/export.json")
+    return "variables/variables.index" in " ".join(tree(os.fspath(output))) and '"files"' in read(
+        f"{output}/export.json"
+    )
 
 
 def race(monkeypatch, parent: str, output: str, after_aside=None, before_in=None) -> list[str]:
@@ -107,8 +109,12 @@ def race(monkeypatch, parent: str, output: str, after_aside=None, before_in=None
         if after_aside and "aside" not in happened and (source == output or source.startswith(output + "/")):
             happened.append("aside")
             after_aside()
-        if before_in and "in" not in happened and ".partial" in source and (
-                target == output or os.fspath(target).startswith(output + "/")):
+        if (
+            before_in
+            and "in" not in happened
+            and ".partial" in source
+            and (target == output or os.fspath(target).startswith(output + "/"))
+        ):
             happened.append("in")
             before_in()
         return rename(source, target, *args, **kwargs)

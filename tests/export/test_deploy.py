@@ -32,8 +32,13 @@ def demo(tmp_path_factory):
     output = str(tmp_path_factory.mktemp("exports") / "demo")
     lines = []
     export_for_serving(
-        model, trainer.preprocessing, output, formats=["saved_model", "tflite", "onnx"], quantize=["int8", "float16"],
-        data=trainer.data, progress=lines.append,
+        model,
+        trainer.preprocessing,
+        output,
+        formats=["saved_model", "tflite", "onnx"],
+        quantize=["int8", "float16"],
+        data=trainer.data,
+        progress=lines.append,
     )
     images, labels = zip(*trainer.data.examples("eval").as_numpy_iterator())
     return trainer, model, output, lines, np.stack(images), np.array(labels)
@@ -73,8 +78,14 @@ def test_every_format_serves_the_validation_set_as_the_saved_model_does(demo):
 def test_the_export_reports_what_it_checked(demo):
     _, _, output, lines, _, _ = demo
     files = json.loads(read(f"{output}/export.json"))["files"]
-    assert set(files) == {"saved_model", "model.keras", "model.tflite", "model_int8.tflite", "model_float16.tflite",
-                          "model.onnx"}
+    assert set(files) == {
+        "saved_model",
+        "model.keras",
+        "model.tflite",
+        "model_int8.tflite",
+        "model_float16.tflite",
+        "model.onnx",
+    }
     for name, entry in files.items():
         any_size = name in ("saved_model", "model.keras", "model.onnx")
         assert entry["image_size"] == ("any" if any_size else [32, 32])
@@ -82,8 +93,10 @@ def test_the_export_reports_what_it_checked(demo):
         assert entry["class_agreement"] >= 0.75 and entry["checked_images"] == (20 if any_size else 16)
         # The progress line counts what export.json records.
         at = "16 at 32x32, 4 at 48x40" if any_size else "16 at 32x32"
-        assert any(line.startswith(f"  {name}: checked against the Keras model on {entry['checked_images']} images ({at}): ")
-                   for line in lines), (name, lines)
+        assert any(
+            line.startswith(f"  {name}: checked against the Keras model on {entry['checked_images']} images ({at}): ")
+            for line in lines
+        ), (name, lines)
     assert files["model.keras"]["max_probability_difference"] <= 1e-6  # the trained network itself, reloaded
     assert files["model_int8.tflite"]["quantization"] == "int8"
     assert "  int8 calibrates on 256 training images of 'digits'" in lines
@@ -133,13 +146,17 @@ def test_a_file_that_computes_something_else_fails_the_check():
         return lambda batch: {"probabilities": np.float32(probabilities), "classes": np.argmax(probabilities, -1)}
 
     close = runner_giving([[0.89995, 0.10005], [0.2, 0.8]])
-    assert deploy.check_outputs("f", close, images, expected)["max_probability_difference"] == pytest.approx(5e-5, rel=1e-2)
+    assert deploy.check_outputs("f", close, images, expected)["max_probability_difference"] == pytest.approx(
+        5e-5, rel=1e-2
+    )
     with pytest.raises(deploy.ExportError, match=r"f differs from the Keras model: probabilities up to 0.001 apart"):
         deploy.check_outputs("f", runner_giving([[0.899, 0.101], [0.2, 0.8]]), images, expected)
     assert deploy.check_outputs("f", runner_giving([[0.899, 0.101], [0.2, 0.8]]), images, expected, "float16")
     with pytest.raises(deploy.ExportError, match=r"gives the Keras model's class on 50% of 2 check images"):
         deploy.check_outputs("f", runner_giving([[0.4, 0.6], [0.2, 0.8]]), images, expected, "int8")
-    with pytest.raises(deploy.ExportError, match=r"returns probabilities \(2, 3\), classes \(2,\); expected probabilities \(2, 2\)"):
+    with pytest.raises(
+        deploy.ExportError, match=r"returns probabilities \(2, 3\), classes \(2,\); expected probabilities \(2, 2\)"
+    ):
         deploy.check_outputs("f", runner_giving([[0.4, 0.5, 0.1], [0.2, 0.7, 0.1]]), images, expected)
     with pytest.raises(deploy.ExportError, match=r"non-finite"):
         deploy.check_outputs("f", runner_giving([[np.nan, 0.1], [0.2, 0.8]]), images, expected)
@@ -151,16 +168,34 @@ def test_a_file_that_computes_something_else_fails_the_check():
         deploy.check_outputs("f", crashing, images, expected)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"formats": ["saved_model", "pb"]}, r"`formats` must be a list of 'saved_model', 'tflite', 'onnx'; received \['saved_model', 'pb'\]"),
-    ({"formats": "tflite"}, r"`formats` must be a list of .*; received 'tflite'"),
-    ({"formats": []}, r"`formats` is empty"),
-    ({"formats": ["tflite"], "quantize": ["int4"]}, r"`quantize` must be a list of 'int8', 'float16'; received \['int4'\]"),
-    ({"quantize": ["int8"]}, r"`quantize` \['int8'\] makes TFLite models: add 'tflite' to `formats` \['saved_model'\]"),
-    ({"formats": ["tflite"], "quantize": ["int8"]}, r"int8 quantization calibrates on training images: pass the run's `data`"),
-    ({"formats": ["tflite"], "tflite_input_size": (32, 0)}, r"`tflite_input_size` must be \(height, width\), two positive"),
-    ({"formats": ["tflite"], "calibration_images": 0}, r"`calibration_images`"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            {"formats": ["saved_model", "pb"]},
+            r"`formats` must be a list of 'saved_model', 'tflite', 'onnx'; received \['saved_model', 'pb'\]",
+        ),
+        ({"formats": "tflite"}, r"`formats` must be a list of .*; received 'tflite'"),
+        ({"formats": []}, r"`formats` is empty"),
+        (
+            {"formats": ["tflite"], "quantize": ["int4"]},
+            r"`quantize` must be a list of 'int8', 'float16'; received \['int4'\]",
+        ),
+        (
+            {"quantize": ["int8"]},
+            r"`quantize` \['int8'\] makes TFLite models: add 'tflite' to `formats` \['saved_model'\]",
+        ),
+        (
+            {"formats": ["tflite"], "quantize": ["int8"]},
+            r"int8 quantization calibrates on training images: pass the run's `data`",
+        ),
+        (
+            {"formats": ["tflite"], "tflite_input_size": (32, 0)},
+            r"`tflite_input_size` must be \(height, width\), two positive",
+        ),
+        ({"formats": ["tflite"], "calibration_images": 0}, r"`calibration_images`"),
+    ],
+)
 def test_bad_export_arguments_are_refused_before_anything_is_written(arguments, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         export_for_serving(None, Preprocessing(), tmp_path / "export", **arguments)
@@ -176,6 +211,8 @@ def test_onnx_export_writes_to_any_file_system():
 
 def test_onnx_without_its_packages_is_refused_with_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an interpreter without it imports
-    with pytest.raises(deploy.ExportError, match=r"needs onnxruntime, which is not installed: pip install 'resnet\[onnx\]'"):
+    with pytest.raises(
+        deploy.ExportError, match=r"needs onnxruntime, which is not installed: pip install 'resnet\[onnx\]'"
+    ):
         export_for_serving(None, Preprocessing(), tmp_path / "export", formats=["onnx"])
     assert list(tmp_path.iterdir()) == []

@@ -36,10 +36,13 @@ from resnet.storage import owners
 # Monkeypatches of `tf.io.gfile` hold whichever test exports first.
 pytestmark = pytest.mark.usefixtures("gfile_imported_as_keras_does")
 
+
 def test_existing_export_is_kept_unless_overwriting(model, preprocessing, parent):
     output = f"{parent}/export"
     make_old_export(output)
-    with pytest.raises(ValueError, match=f"^`--output` '{output}' already exists; choose a new directory or pass --overwrite.$"):
+    with pytest.raises(
+        ValueError, match=f"^`--output` '{output}' already exists; choose a new directory or pass --overwrite.$"
+    ):
         export_for_serving(model, preprocessing, output)
     assert tree(output) == OLD_EXPORT
     export_for_serving(model, preprocessing, output, overwrite=True)
@@ -55,13 +58,19 @@ def test_overwrite_replaces_only_a_previous_export(model, preprocessing, parent)
         with tf.io.gfile.GFile(f"{run}/{name}", "w") as f:
             f.write("precious")
     before = tree(parent)
-    for output, message in ((run, "is the run directory"), (parent, "holds the run directory"),
-                            (f"{run}/export", "lies inside the run directory")):
+    for output, message in (
+        (run, "is the run directory"),
+        (parent, "holds the run directory"),
+        (f"{run}/export", "lies inside the run directory"),
+    ):
         with pytest.raises(ValueError, match=f"^`--output` '{output}' {message} `--model_dir` '{run}'; write the"):
             export_for_serving(model, preprocessing, output, overwrite=True, model_dir=run)
     # Without knowing the run, --overwrite still deletes only what looks like a previous export.
-    with pytest.raises(ValueError, match="holds files that are not part of an export .*backup, metrics.csv, "
-                                         "operative_config.gin.*--overwrite replaces only a previous export"):
+    with pytest.raises(
+        ValueError,
+        match="holds files that are not part of an export .*backup, metrics.csv, "
+        "operative_config.gin.*--overwrite replaces only a previous export",
+    ):
         export_for_serving(model, preprocessing, run, overwrite=True)
     assert tree(parent) == before and read(f"{run}/metrics.csv") == "precious"
     # A path given with a trailing slash, "..", or "file://" is the same directory.
@@ -93,7 +102,9 @@ def test_a_killed_exports_staging_is_removed_by_the_next_export(model, preproces
     assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir(parent)) == [".other.0123abcd.partial", "export"]
 
 
-def test_overwrite_removes_a_link_in_the_old_export_never_what_it_points_to(model, preprocessing, tmp_path, monkeypatch):
+def test_overwrite_removes_a_link_in_the_old_export_never_what_it_points_to(
+    model, preprocessing, tmp_path, monkeypatch
+):
     elsewhere = tmp_path / "elsewhere"  # a SavedModel kept outside the export, linked into it
     (elsewhere / "variables").mkdir(parents=True)
     (elsewhere / "saved_model.pb").write_text("another model")
@@ -111,7 +122,9 @@ def test_overwrite_removes_a_link_in_the_old_export_never_what_it_points_to(mode
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "export"]
 
 
-def test_overwrite_of_an_output_that_is_a_link_replaces_the_link_not_its_target(model, preprocessing, tmp_path, monkeypatch):
+def test_overwrite_of_an_output_that_is_a_link_replaces_the_link_not_its_target(
+    model, preprocessing, tmp_path, monkeypatch
+):
     make_old_export(str(tmp_path / "v1"))
     output = tmp_path / "current"
     output.symlink_to(tmp_path / "v1")
@@ -141,7 +154,12 @@ def test_staging_is_removed_only_once_its_owner_is_gone(model, preprocessing, pa
     try:
         host, now, long_ago = socket.gethostname(), owners.now(), "2000-01-01T00:00:00+00:00"
         records = {
-            "1111aaaa": {"host": host, "pid": live.pid, "process_start": owners.process_start(live.pid), "heartbeat": now},
+            "1111aaaa": {
+                "host": host,
+                "pid": live.pid,
+                "process_start": owners.process_start(live.pid),
+                "heartbeat": now,
+            },
             "2222bbbb": dead_owner(),
             "3333cccc": {"host": "elsewhere.example", "pid": live.pid, "heartbeat": now},
             "4444dddd": {"host": "elsewhere.example", "pid": live.pid, "heartbeat": long_ago},
@@ -153,8 +171,14 @@ def test_staging_is_removed_only_once_its_owner_is_gone(model, preprocessing, pa
                 for kind in ("partial", "old"):
                     tf.io.gfile.makedirs(f"{parent}/.export.{token}.{kind}/saved_model")
                     write_owner(f"{parent}/.export.{token}.{kind}/saved_model/saved_model.pb", {"work": token})
-        kept = {".export.1111aaaa.owner", ".export.1111aaaa.partial", ".export.1111aaaa.old",
-                ".export.3333cccc.owner", ".export.3333cccc.partial", ".export.3333cccc.old"}
+        kept = {
+            ".export.1111aaaa.owner",
+            ".export.1111aaaa.partial",
+            ".export.1111aaaa.old",
+            ".export.3333cccc.owner",
+            ".export.3333cccc.partial",
+            ".export.3333cccc.old",
+        }
         if not parent.startswith("ram://"):  # without a readable owner: by age (ram:// files have no time)
             os.makedirs(f"{parent}/.export.6666ffff.partial")  # young: kept
             os.makedirs(f"{parent}/.export.7777aaaa.partial")  # older than LOCK_STALE_SECONDS: removed
@@ -180,7 +204,7 @@ def test_an_export_marks_its_own_files_with_its_owner_and_a_heartbeat(parent, mo
     tf.io.gfile.makedirs(parent)
     with placement.Workspace(output) as workspace:
         assert re.fullmatch(r"\.export\.[0-9a-f]{8}\.partial", os.path.basename(workspace.staging))
-        assert workspace.owner == workspace.staging[:-len("partial")] + "owner"
+        assert workspace.owner == workspace.staging[: -len("partial")] + "owner"
         first = json.loads(read(workspace.owner))
         assert (first["host"], first["pid"]) == (socket.gethostname(), os.getpid())
         assert first["process_start"] == owners.process_start(os.getpid())
@@ -218,7 +242,9 @@ def test_the_last_of_two_swaps_wins_when_they_interleave(model, preprocessing, p
     assert read(f"{parent}/notes.txt") == "keep"
 
 
-def test_without_overwrite_an_output_another_export_created_meanwhile_is_kept(model, preprocessing, parent, monkeypatch):
+def test_without_overwrite_an_output_another_export_created_meanwhile_is_kept(
+    model, preprocessing, parent, monkeypatch
+):
     output = f"{parent}/export"
     tf.io.gfile.makedirs(parent)
     theirs = {}
@@ -277,10 +303,19 @@ def test_two_export_processes_writing_to_one_output(tmp_path):
     new, replaced = str(exports / "new"), str(exports / "replaced")
     make_old_export(replaced)
     first = [[None, new, False, f"{signals}/first-1"], [f"{signals}/second-1", replaced, True, f"{signals}/first-2"]]
-    second = [[f"{exports}/.new.*.partial", new, False, f"{signals}/second-1"],
-              [f"{exports}/.replaced.*.partial", replaced, True, f"{signals}/second-2"]]
-    processes = [subprocess.Popen([sys.executable, "-c", EXPORTER, json.dumps(steps)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for steps in (first, second)]
+    second = [
+        [f"{exports}/.new.*.partial", new, False, f"{signals}/second-1"],
+        [f"{exports}/.replaced.*.partial", replaced, True, f"{signals}/second-2"],
+    ]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", EXPORTER, json.dumps(steps)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for steps in (first, second)
+    ]
     try:
         results = [process.communicate(timeout=300) for process in processes]
     finally:
@@ -291,8 +326,10 @@ def test_two_export_processes_writing_to_one_output(tmp_path):
     # Which of the two ends first depends on the machine: one export to `new` wins, the other is
     # refused cleanly; both exports to `replaced` succeed, one after the other.
     (first_out, _), (second_out, _) = results
-    refused = (f"refused `--output` {new!r} was created while this export ran (by another export?); choose a new "
-               "directory or pass --overwrite.")
+    refused = (
+        f"refused `--output` {new!r} was created while this export ran (by another export?); choose a new "
+        "directory or pass --overwrite."
+    )
     assert sorted([first_out.splitlines()[0], second_out.splitlines()[0]]) == [f"exported {new}", refused]
     assert first_out.splitlines()[1:] == second_out.splitlines()[1:] == [f"exported {replaced}"]
     assert sorted(os.listdir(exports)) == ["new", "replaced"]  # no staging, nothing moved aside

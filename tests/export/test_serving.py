@@ -109,7 +109,9 @@ def test_an_input_size_beyond_the_bound_is_refused_at_once(size, tmp_path):
     from resnet.export.__main__ import _input_size
 
     text = ",".join(map(str, size))
-    with pytest.raises(ValueError, match=rf"^`--tflite_input_size` must be at most 8192 pixels a side .*; received '{text}'\.$"):
+    with pytest.raises(
+        ValueError, match=rf"^`--tflite_input_size` must be at most 8192 pixels a side .*; received '{text}'\.$"
+    ):
         _input_size(text.split(","))
     assert _input_size(["8192", "6000"]) == (8192, 6000) and _input_size(["8192"]) == (8192, 8192)
     assert list(tmp_path.iterdir()) == [] and time.monotonic() - started < 5
@@ -121,8 +123,13 @@ def test_model_keras_is_checked_like_every_other_file(model, preprocessing, tmp_
     files = json.loads(read(f"{output}/export.json"))["files"]
     assert files["model.keras"]["checked_images"] == 20 and files["model.keras"]["max_probability_difference"] <= 1e-6
     for name, entry in files.items():  # the progress lines count what export.json records
-        assert any(line.startswith(f"  {name}: checked against the Keras model on {entry['checked_images']} images (16 "
-                                   "at 32x32, 4 at 48x40)") for line in lines), (name, lines)
+        assert any(
+            line.startswith(
+                f"  {name}: checked against the Keras model on {entry['checked_images']} images (16 "
+                "at 32x32, 4 at 48x40)"
+            )
+            for line in lines
+        ), (name, lines)
 
     save = keras.Model.save
 

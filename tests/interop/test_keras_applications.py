@@ -77,7 +77,8 @@ def test_keras_skip_classifier_for_other_classes():
     report = interop.load_keras_applications_weights(ours, source, skip_classifier=True)
     assert report.skipped == ["predictions/bias", "predictions/kernel"]
     np.testing.assert_array_equal(
-        ours.get_layer("stage4").blocks[2].convs[2].kernel.numpy(), source.get_layer("conv5_block3_3_conv").kernel.numpy()
+        ours.get_layer("stage4").blocks[2].convs[2].kernel.numpy(),
+        source.get_layer("conv5_block3_3_conv").kernel.numpy(),
     )
 
 
@@ -89,8 +90,11 @@ def test_keras_negative_moving_variance_loads_nothing():
     norm.moving_variance.assign(variance)
     ours = resnet.build("keras_resnet50")
     before = [v.numpy().copy() for v in ours.weights]
-    with pytest.raises(ValueError, match=r"nothing was loaded.*unusable values: conv3_block2_2_bn/moving_variance has 1 "
-                                         r"negative value\(s\), impossible for a variance"):
+    with pytest.raises(
+        ValueError,
+        match=r"nothing was loaded.*unusable values: conv3_block2_2_bn/moving_variance has 1 "
+        r"negative value\(s\), impossible for a variance",
+    ):
         interop.load_keras_applications_weights(ours, source)
     for variable, old in zip(ours.weights, before):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)

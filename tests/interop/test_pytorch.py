@@ -54,13 +54,22 @@ def test_torch_loading_is_strict_and_all_or_nothing():
     np.testing.assert_array_equal(ours.get_layer("stem").convs[0].kernel.numpy(), before)
 
 
-@pytest.mark.parametrize("name, value, problem", [
-    ("layer4.1.bn2.bias", np.array(["x"] * 512), "layer4.1.bn2.bias holds <U1 values, not numbers"),
-    ("layer4.1.bn2.bias", np.full(512, 1e300), "layer4.1.bn2.bias has 512 non-finite value(s) once cast from "
-                                               "float64 to float32"),
-    ("layer1.0.conv1.weight", np.full((64, 64, 3, 3), np.nan, "float32"), "layer1.0.conv1.weight has 36864 "
-                                                                         "non-finite value(s)"),
-])
+@pytest.mark.parametrize(
+    "name, value, problem",
+    [
+        ("layer4.1.bn2.bias", np.array(["x"] * 512), "layer4.1.bn2.bias holds <U1 values, not numbers"),
+        (
+            "layer4.1.bn2.bias",
+            np.full(512, 1e300),
+            "layer4.1.bn2.bias has 512 non-finite value(s) once cast from float64 to float32",
+        ),
+        (
+            "layer1.0.conv1.weight",
+            np.full((64, 64, 3, 3), np.nan, "float32"),
+            "layer1.0.conv1.weight has 36864 non-finite value(s)",
+        ),
+    ],
+)
 def test_torch_values_that_are_not_finite_numbers_load_nothing(name, value, problem):
     """Values are checked before any assignment: a late bad tensor cannot leave the model half-loaded."""
     ours = resnet.build("resnet18")
@@ -106,15 +115,23 @@ def test_torch_only_the_counters_of_mapped_batch_norms_are_ignored():
     """`num_batches_tracked` belongs to a batch norm; under any other name it is a tensor the model does not use."""
     state = torchvision_resnet18_state()
     assert "layer2.0.downsample.1.num_batches_tracked" in state and "bn1.num_batches_tracked" in state
-    for name in ("garbage.num_batches_tracked", "num_batches_tracked", "layer1.0.num_batches_tracked",
-                 "layer1.0.conv1.num_batches_tracked", "layer5.0.bn1.num_batches_tracked", "fc.num_batches_tracked"):
+    for name in (
+        "garbage.num_batches_tracked",
+        "num_batches_tracked",
+        "layer1.0.num_batches_tracked",
+        "layer1.0.conv1.num_batches_tracked",
+        "layer5.0.bn1.num_batches_tracked",
+        "fc.num_batches_tracked",
+    ):
         state[name] = np.array(7, dtype="int64")
     ours = resnet.build("resnet18")
     with pytest.raises(ValueError, match="nothing was loaded") as info:
         interop.load_torch_state_dict(ours, state)
-    assert ("not used by the model: fc.num_batches_tracked, garbage.num_batches_tracked, "
-            "layer1.0.conv1.num_batches_tracked, layer1.0.num_batches_tracked, layer5.0.bn1.num_batches_tracked, "
-            "num_batches_tracked.") in str(info.value)
+    assert (
+        "not used by the model: fc.num_batches_tracked, garbage.num_batches_tracked, "
+        "layer1.0.conv1.num_batches_tracked, layer1.0.num_batches_tracked, layer5.0.bn1.num_batches_tracked, "
+        "num_batches_tracked."
+    ) in str(info.value)
 
 
 def _as_torch_state(model):
@@ -131,11 +148,22 @@ def _as_torch_state(model):
     return state
 
 
-@pytest.mark.parametrize("name, counters", [
-    ("resnet50d", ["conv1.1.num_batches_tracked", "conv1.4.num_batches_tracked", "bn1.num_batches_tracked",
-                   "layer2.0.downsample.2.num_batches_tracked", "layer1.0.bn3.num_batches_tracked"]),
-    ("resnet50", ["bn1.num_batches_tracked", "layer2.0.downsample.1.num_batches_tracked"]),
-])
+@pytest.mark.parametrize(
+    "name, counters",
+    [
+        (
+            "resnet50d",
+            [
+                "conv1.1.num_batches_tracked",
+                "conv1.4.num_batches_tracked",
+                "bn1.num_batches_tracked",
+                "layer2.0.downsample.2.num_batches_tracked",
+                "layer1.0.bn3.num_batches_tracked",
+            ],
+        ),
+        ("resnet50", ["bn1.num_batches_tracked", "layer2.0.downsample.1.num_batches_tracked"]),
+    ],
+)
 def test_torch_counters_of_timm_and_torchvision_layouts_load(name, counters):
     """The deep stem's norms (timm: conv1.1, conv1.4, bn1) and ResNet-D's shortcut norm (downsample.2) have counters too."""
     source = resnet.build(name, ["ResNet.stage_blocks = (1, 1, 1, 1)"])
@@ -237,8 +265,11 @@ TORCH_CASES = {
 }
 
 
-@pytest.mark.skipif(torch_missing, reason="torch is not installed (it is never a dependency); "
-                                          "install torch, torchvision and timm to compare against them")
+@pytest.mark.skipif(
+    torch_missing,
+    reason="torch is not installed (it is never a dependency); "
+    "install torch, torchvision and timm to compare against them",
+)
 @pytest.mark.parametrize("name", sorted(TORCH_CASES))
 def test_torch_weights_match_numerically(name):
     import torch

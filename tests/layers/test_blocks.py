@@ -109,10 +109,17 @@ def test_drop_path_only_in_training():
         (lambda: resnet.BottleneckBlock(64, se_ratio=2), r"se_ratio.*2"),
         (lambda: resnet.BottleneckBlock(1, base_width=32), r"base_width.*3x3 width of 0"),
         (lambda: resnet.BottleneckBlock(64, norm="bn"), r"Unknown norm 'bn' for `BottleneckBlock.norm`"),
-        (lambda: resnet.BottleneckBlock(64, shortcut=resnet.ProjectionShortcut(8)), r"not a layer instance.*@ProjectionShortcut"),
+        (
+            lambda: resnet.BottleneckBlock(64, shortcut=resnet.ProjectionShortcut(8)),
+            r"not a layer instance.*@ProjectionShortcut",
+        ),
         (lambda: resnet.BottleneckBlock(64, drop_path_rate=1.5), r"drop_path_rate.*\[0, 1\).*1.5"),
-        (lambda: resnet.BottleneckBlock(64, shortcut={"class_name": "ProjectionShortcut", "config": {"allways": True}}),
-         r"unknown argument\(s\) \['allways'\].*always"),
+        (
+            lambda: resnet.BottleneckBlock(
+                64, shortcut={"class_name": "ProjectionShortcut", "config": {"allways": True}}
+            ),
+            r"unknown argument\(s\) \['allways'\].*always",
+        ),
     ],
 )
 def test_bad_block_arguments(make, pattern):
@@ -133,8 +140,10 @@ def test_stage_inside_a_functional_model_trains():
     x = resnet.BottleneckBlock(4, zero_init_last=True)(x)
     outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x_train = images(batch=32, size=16, channels=8, seed=1)
     y_train = (x_train.mean(axis=(1, 2, 3)) > 0).astype("int32")
     before = [w.copy() for w in model.get_weights()]

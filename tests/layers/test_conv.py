@@ -8,7 +8,9 @@ import resnet
 from conftest import images
 
 
-@pytest.mark.parametrize("kernel, stride, dilation, size", [(7, 2, 1, 16), (3, 2, 1, 9), (3, 1, 2, 8), (1, 2, 1, 8), (3, 1, 3, 10)])
+@pytest.mark.parametrize(
+    "kernel, stride, dilation, size", [(7, 2, 1, 16), (3, 2, 1, 9), (3, 1, 2, 8), (1, 2, 1, 8), (3, 1, 3, 10)]
+)
 def test_symmetric_padding_equals_explicit_zero_padding(kernel, stride, dilation, size):
     conv = resnet.Conv2D(4, kernel, strides=stride, padding="symmetric", dilation_rate=dilation)
     x = images(size=size, channels=3)
@@ -58,5 +60,7 @@ def test_symmetric_padding_gradients_equal_explicit_padding(kernel):
         tape.watch(x)
         ours = tf.reduce_sum(conv(x) ** 2)
         theirs = tf.reduce_sum(reference(tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])) ** 2)
-    for a, b in zip(tape.gradient(ours, [x, *conv.trainable_variables]), tape.gradient(theirs, [x, *reference.trainable_variables])):
+    for a, b in zip(
+        tape.gradient(ours, [x, *conv.trainable_variables]), tape.gradient(theirs, [x, *reference.trainable_variables])
+    ):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

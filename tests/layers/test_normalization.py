@@ -114,5 +114,6 @@ def test_batch_norm_matches_keras_batch_normalization(dtype):
         results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
     assert results[0][0].dtype == results[1][0].dtype
     for a, b in zip(*results):
-        np.testing.assert_allclose(np.asarray(tf.cast(a, tf.float32)), np.asarray(tf.cast(b, tf.float32)),
-                                   rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(
+            np.asarray(tf.cast(a, tf.float32)), np.asarray(tf.cast(b, tf.float32)), rtol=tolerance, atol=tolerance
+        )

@@ -33,9 +33,14 @@ def test_files_are_replaced_whole_and_read_as_utf8(location):
 def test_storage_full_is_recognized():
     assert is_storage_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_storage_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
-    assert is_storage_full(tf.errors.ResourceExhaustedError(
-        None, None, "/r/checkpoints/epoch-1_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No space left "
-        "on device [Op:SaveV2]"))
+    assert is_storage_full(
+        tf.errors.ResourceExhaustedError(
+            None,
+            None,
+            "/r/checkpoints/epoch-1_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No space left "
+            "on device [Op:SaveV2]",
+        )
+    )
     assert not is_storage_full(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
     assert not is_storage_full(OSError(errno.EACCES, "Permission denied"))
     assert not is_storage_full(ValueError("No space left on device"))

@@ -28,8 +28,9 @@ def command(program: str, *args: str, params=()) -> list[str]:
 def run(program: str, *args: str, params=(), cwd=None, check=True, timeout=600) -> subprocess.CompletedProcess:
     """Runs `command(program, *args, params=params)` to its end; with `check`, a failure raises
     with everything it printed."""
-    result = subprocess.run(command(program, *args, params=params), capture_output=True, text=True, env=ENV,
-                            cwd=cwd, timeout=timeout)
+    result = subprocess.run(
+        command(program, *args, params=params), capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{program} {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

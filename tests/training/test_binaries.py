@@ -16,6 +16,7 @@ from binaries import ENV, FAST, metrics, run
 # Every test here starts the binaries as subprocesses.
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run") / "demo"
@@ -27,8 +28,14 @@ def test_train_writes_a_complete_model_dir(trained):
     model_dir, result = trained
     assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
     operative = (model_dir / "operative_config.gin").read_text()
-    for line in ("Trainer.epochs = 2", "Trainer.data = @DigitsData()", "BasicBlock.shortcut = @ZeroPadShortcut",
-                 "ResNet.stage_blocks = (3, 3, 3)", "InputPipeline.eval_batch_size = 120", "BatchNorm.momentum = 0.9"):
+    for line in (
+        "Trainer.epochs = 2",
+        "Trainer.data = @DigitsData()",
+        "BasicBlock.shortcut = @ZeroPadShortcut",
+        "ResNet.stage_blocks = (3, 3, 3)",
+        "InputPipeline.eval_batch_size = 120",
+        "BatchNorm.momentum = 0.9",
+    ):
         assert line in operative, line
     assert "resnet-train" in (model_dir / "command.txt").read_text()
     rows = metrics(model_dir)
@@ -101,29 +108,46 @@ def test_export_serves_uint8_images_like_the_trained_model(trained, tmp_path):
 def test_export_writes_tflite_int8_and_onnx_checked_in_their_runtimes(trained, tmp_path):
     model_dir, _ = trained
     output = tmp_path / "deploy"
-    result = run("resnet-export", f"--model_dir={model_dir}", f"--output={output}", "--formats=tflite,onnx",
-                 "--quantize=int8", "--calibration_images=32", "--checkpoint=best")
+    result = run(
+        "resnet-export",
+        f"--model_dir={model_dir}",
+        f"--output={output}",
+        "--formats=tflite,onnx",
+        "--quantize=int8",
+        "--calibration_images=32",
+        "--checkpoint=best",
+    )
     assert "  int8 calibrates on 32 training images of 'digits'" in result.stdout
     for name in ("model.tflite", "model_int8.tflite"):
         assert f"  {name}: checked against the Keras model on 16 images (16 at 32x32): " in result.stdout
     for name in ("model.keras", "model.onnx"):  # any size: checked at a second one too
         assert f"  {name}: checked against the Keras model on 20 images (16 at 32x32, 4 at 48x40): " in result.stdout
-    assert sorted(p.name for p in output.iterdir()) == ["export.json", "model.keras", "model.onnx", "model.tflite",
-                                                       "model_int8.tflite"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "export.json",
+        "model.keras",
+        "model.onnx",
+        "model.tflite",
+        "model_int8.tflite",
+    ]
     assert result.stdout.strip().splitlines()[-1].startswith("Exported ")
     # The converter's and interpreter's own chatter (descriptor 2) is not passed on.
     assert "fully_quantize" not in result.stderr and "XNNPACK" not in result.stderr, result.stderr
-    for flags, message in ((["--formats=tflite,coreml"], "`formats` must be a list of"),
-                           (["--quantize=int8"], "add 'tflite' to `formats`"),
-                           (["--formats=tflite", "--tflite_input_size=32,x"], "`--tflite_input_size` must be HEIGHT,WIDTH")):
+    for flags, message in (
+        (["--formats=tflite,coreml"], "`formats` must be a list of"),
+        (["--quantize=int8"], "add 'tflite' to `formats`"),
+        (["--formats=tflite", "--tflite_input_size=32,x"], "`--tflite_input_size` must be HEIGHT,WIDTH"),
+    ):
         failed = run("resnet-export", f"--model_dir={model_dir}", f"--output={tmp_path / 'bad'}", *flags, check=False)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr
         assert not (tmp_path / "bad").exists()
 
 
 def test_default_model_dir_is_announced(tmp_path):
-    result = run("resnet-train", params=FAST[:1] + ["Trainer.epochs = 1", "Trainer.steps_per_epoch = 1",
-                                                    "Trainer.batch_size = 8"], cwd=tmp_path)
+    result = run(
+        "resnet-train",
+        params=FAST[:1] + ["Trainer.epochs = 1", "Trainer.steps_per_epoch = 1", "Trainer.batch_size = 8"],
+        cwd=tmp_path,
+    )
     line = next(l for l in result.stdout.splitlines() if l.startswith("Writing to"))
     model_dir = tmp_path / line.split("Writing to ", 1)[1]
     assert model_dir.parent == tmp_path / "runs" and model_dir.name.startswith("demo-")
@@ -132,8 +156,13 @@ def test_default_model_dir_is_announced(tmp_path):
 
 def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
     model_dir = tmp_path / "killed"
-    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
-              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
+    params = [
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 12",
+        "Trainer.batch_size = 64",
+        "Trainer.backup_every_steps = 3",
+        "InputPipeline.eval_batch_size = 360",
+    ]
     command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
@@ -169,18 +198,31 @@ def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model_dir = tmp_path / "diverging"
     # Two sound epochs (backed up at their ends), then a learning rate beyond float32's range.
-    result = run("resnet-train", f"--model_dir={model_dir}", check=False, params=FAST + [
-        "Trainer.epochs = 3", "Trainer.backup_every_steps = 0", "learning_rate_schedule.schedule = 'piecewise'",
-        "learning_rate_schedule.warmup_epochs = 0", "learning_rate_schedule.boundaries = (2,)",
-        "learning_rate_schedule.decay_rate = 1e30"])
+    result = run(
+        "resnet-train",
+        f"--model_dir={model_dir}",
+        check=False,
+        params=FAST
+        + [
+            "Trainer.epochs = 3",
+            "Trainer.backup_every_steps = 0",
+            "learning_rate_schedule.schedule = 'piecewise'",
+            "learning_rate_schedule.warmup_epochs = 0",
+            "learning_rate_schedule.boundaries = (2,)",
+            "learning_rate_schedule.decay_rate = 1e30",
+        ],
+    )
     assert result.returncode == 2
     assert "training loss is" in result.stderr and "at step" in result.stderr and "(epoch 3," in result.stderr
     assert "backup-8" in result.stderr
     latest = tf.train.latest_checkpoint(model_dir / "backup")
     assert latest.endswith("backup-8")
     reader = tf.train.load_checkpoint(latest)
-    assert all(np.isfinite(reader.get_tensor(name)).all() for name in reader.get_variable_to_shape_map()
-               if name.startswith("model/") and "OBJECT_GRAPH" not in name)
+    assert all(
+        np.isfinite(reader.get_tensor(name)).all()
+        for name in reader.get_variable_to_shape_map()
+        if name.startswith("model/") and "OBJECT_GRAPH" not in name
+    )
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
 
 
@@ -215,8 +257,11 @@ def test_eval_of_a_directory_without_a_run_is_named(tmp_path):
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     model_dir = tmp_path / "mirrored"
-    result = run("resnet-train", f"--model_dir={model_dir}",
-                 params=FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2", "ResNet.norm = 'sync_batch'"])
+    result = run(
+        "resnet-train",
+        f"--model_dir={model_dir}",
+        params=FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2", "ResNet.norm = 'sync_batch'"],
+    )
     assert "2 replicas" in result.stdout
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
 
@@ -241,18 +286,26 @@ def test_corrupt_image_is_named_by_the_training_binary(tmp_path):
     ]
     result = run("resnet-train", f"--model_dir={tmp_path / 'run'}", params=params, check=False)
     assert result.returncode == 2 and str(broken) in result.stderr and "skip_corrupt" in result.stderr
-    skipping = run("resnet-train", f"--model_dir={tmp_path / 'skipping'}",
-                   params=params + ["ImageFolderData.skip_corrupt = True"])
+    skipping = run(
+        "resnet-train", f"--model_dir={tmp_path / 'skipping'}", params=params + ["ImageFolderData.skip_corrupt = True"]
+    )
     assert "Epoch 1/1" in skipping.stdout and str(broken) in skipping.stderr
     # The epoch ends with a summary of what it skipped, naming the first files.
-    assert (f"Epoch 1 skipped 1 unreadable training record(s) of '{tmp_path.name}'; first: could not read or decode "
-            f"{broken} (TensorFlow logs the cause as a warning).\n") in skipping.stdout, skipping.stdout
+    assert (
+        f"Epoch 1 skipped 1 unreadable training record(s) of '{tmp_path.name}'; first: could not read or decode "
+        f"{broken} (TensorFlow logs the cause as a warning).\n"
+    ) in skipping.stdout, skipping.stdout
 
 
 def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
     model_dir = tmp_path / "interrupted"
-    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
-              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
+    params = [
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 12",
+        "Trainer.batch_size = 64",
+        "Trainer.backup_every_steps = 3",
+        "InputPipeline.eval_batch_size = 360",
+    ]
     command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -269,7 +322,9 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("resnet-train: Interrupted. The newest backup, ") and "run the same command to resume" in last
+    assert (
+        last.startswith("resnet-train: Interrupted. The newest backup, ") and "run the same command to resume" in last
+    )
     assert not (model_dir / "run.lock").exists()
     resumed = run("resnet-train", f"--model_dir={model_dir}", params=params)
     assert "Resuming from" in resumed.stdout and [r["epoch"] for r in metrics(model_dir)] == ["1", "2", "3"]
@@ -286,5 +341,7 @@ def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
 )
 def test_an_empty_path_flag_is_an_error_naming_it(tmp_path, program, args, message):
     result = run(program, *args, params=FAST, cwd=tmp_path, check=False)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"{program}: error: {message}", result.stderr
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"{program}: error: {message}", (
+        result.stderr
+    )
     assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []

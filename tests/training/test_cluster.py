@@ -86,6 +86,7 @@ WORKER = textwrap.dedent(
     """
 )
 
+
 def cluster_strategy(task_id: int = 1) -> SimpleNamespace:
     """Stands in for a strategy of worker `task_id` in a three-worker cluster."""
     cluster = tf.train.ClusterSpec({"worker": ["localhost:1111", "localhost:2222", "localhost:3333"]})
@@ -96,7 +97,10 @@ def cluster_strategy(task_id: int = 1) -> SimpleNamespace:
 @pytest.mark.parametrize(
     "argument, expected",
     [
-        (dict(strategy="tpu"), "`Trainer.strategy` must be one of 'default', 'mirrored', 'multi_worker_mirrored'; received 'tpu'"),
+        (
+            dict(strategy="tpu"),
+            "`Trainer.strategy` must be one of 'default', 'mirrored', 'multi_worker_mirrored'; received 'tpu'",
+        ),
         (dict(logical_cpus=0), "`Trainer.logical_cpus` must be an integer >= 1; received 0"),
         (dict(cluster_timeout=0), "`Trainer.cluster_timeout` must be a number of seconds > 0; received 0"),
         (dict(cluster_timeout="60"), "`Trainer.cluster_timeout` must be a number of seconds > 0; received '60'"),
@@ -219,8 +223,10 @@ def test_setup_is_idempotent_and_fixed_once_devices_exist():
     assert "TF_CONFIG's task {'type': 'ps', 'index': 0} must be a 'chief' or 'worker' task" in wrong_task
     assert len(changed) == 2
     for message in changed:
-        assert message.startswith("Devices are already set up in this process for `Trainer.strategy`='mirrored', "
-                                  "`Trainer.logical_cpus`=2; they cannot change to ")
+        assert message.startswith(
+            "Devices are already set up in this process for `Trainer.strategy`='mirrored', "
+            "`Trainer.logical_cpus`=2; they cannot change to "
+        )
 
 
 # ----------------------------------------------------------------------------- real clusters
@@ -255,7 +261,9 @@ class Cluster:
         with open(out, "w") as stdout, open(err, "w") as stderr:
             process = subprocess.Popen(
                 [sys.executable, str(self.script), str(steps), str(self.directory / "backup"), str(cluster_timeout)],
-                stdout=stdout, stderr=stderr, env=env,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
             )
         self.processes.append(process)
         self.logs[process.pid] = (out, err)
@@ -298,8 +306,10 @@ def test_a_worker_whose_peer_never_starts_waits_then_fails_clearly(cluster, pres
     worker.wait(timeout=120)
     elapsed = time.monotonic() - started
     out, err = cluster.output(worker)
-    assert f"worker {present} ({cluster.addresses[present]}) is waiting up to 5 s for the other 1 worker of the " \
-           f"cluster: worker {missing} ({cluster.addresses[missing]})." in out
+    assert (
+        f"worker {present} ({cluster.addresses[present]}) is waiting up to 5 s for the other 1 worker of the "
+        f"cluster: worker {missing} ({cluster.addresses[missing]})." in out
+    )
     assert worker.returncode == distribution.CLUSTER_ERROR_EXIT_CODE, err
     assert error_lines(err) == [
         f"error: The cluster did not form within `Trainer.cluster_timeout`=5 s: worker {missing} "
@@ -355,8 +365,10 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_they_resume(clust
         assert worker.returncode == distribution.PREEMPTED_EXIT_CODE, err
     stops = [[line for line in out.splitlines() if " stopped at step " in line] for out, _ in outputs]
     step = int(stops[0][0].split()[5].rstrip(","))
-    assert stops == [[f"worker 0 stopped at step {step}, signalled False"],
-                     [f"worker 1 stopped at step {step}, signalled True"]]
+    assert stops == [
+        [f"worker 0 stopped at step {step}, signalled False"],
+        [f"worker 1 stopped at step {step}, signalled True"],
+    ]
     assert tf.train.latest_checkpoint(str(cluster.directory / "backup")).endswith(f"ckpt-{step}")
 
     # The scheduler restarts every worker with the same command: they resume where they stopped.

@@ -97,7 +97,9 @@ print(json.dumps({
 
 
 def test_replicas_hold_the_same_normalization_statistics_after_every_step():
-    result = subprocess.run([sys.executable, "-c", STATISTICS_SCRIPT], capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", STATISTICS_SCRIPT], capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["variables"] == 14  # the moving mean and variance of 7 batch norms
@@ -121,12 +123,13 @@ def assert_checkpoint_evaluates_to_its_metrics(model_dir):
     assert results["top1"] == pytest.approx(float(last["val_accuracy"]), abs=1e-9)
 
 
-
-
 def test_mirrored_training_with_batch_norm_evaluates_to_what_it_recorded(tmp_path):
     model_dir = tmp_path / "mirrored"
-    command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}",
-               *(f"--gin_param={p}" for p in FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2"])]
+    command = [
+        str(BIN / "resnet-train"),
+        f"--model_dir={model_dir}",
+        *(f"--gin_param={p}" for p in FAST + ["Trainer.strategy = 'mirrored'", "Trainer.logical_cpus = 2"]),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "2 replicas" in result.stdout
@@ -154,11 +157,15 @@ class Cluster:
         self.processes = {}
 
     def start(self, index, model_dir, params):
-        env = dict(ENV, TMPDIR=str(self.scratch), TF_CONFIG=json.dumps(
-            {"cluster": {"worker": self.addresses}, "task": {"type": "worker", "index": index}}))
+        env = dict(
+            ENV,
+            TMPDIR=str(self.scratch),
+            TF_CONFIG=json.dumps({"cluster": {"worker": self.addresses}, "task": {"type": "worker", "index": index}}),
+        )
         command = [str(BIN / "resnet-train"), f"--model_dir={model_dir}", *(f"--gin_param={p}" for p in params)]
         self.processes[index] = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         return self.processes[index]
 
     def start_all(self, model_dirs, params):
@@ -217,8 +224,9 @@ def test_two_workers_agree_evaluate_to_their_metrics_and_refuse_an_unshared_mode
         assert code == 0, err
         assert "2 replicas, 8 images per replica per step" in out
     # Synchronous training: both workers see the same losses; only the chief writes the run.
-    epoch_lines = [[l for l in out.splitlines() if l.startswith("Epoch 2/2")][0].split("(")[0]
-                   for _, out, _, _ in results.values()]
+    epoch_lines = [
+        [l for l in out.splitlines() if l.startswith("Epoch 2/2")][0].split("(")[0] for _, out, _, _ in results.values()
+    ]
     assert epoch_lines[0] == epoch_lines[1]
     assert (model_dir / "command.txt").read_text().count("resnet-train") == 1
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2"]
@@ -260,9 +268,15 @@ def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, 
 
     model_dir = tmp_path / "run"
     dirs = [model_dir, model_dir]
-    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 8", "Trainer.batch_size = 16",
-              "Trainer.backup_every_steps = 2", "InputPipeline.eval_batch_size = 360",
-              "Trainer.strategy = 'multi_worker_mirrored'", "Trainer.cluster_timeout = 10"]
+    params = [
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 8",
+        "Trainer.batch_size = 16",
+        "Trainer.backup_every_steps = 2",
+        "InputPipeline.eval_batch_size = 360",
+        "Trainer.strategy = 'multi_worker_mirrored'",
+        "Trainer.cluster_timeout = 10",
+    ]
     # SIGTERM (a preemption notice) to one worker: both save a backup at the same step and exit.
     workers = cluster.start_all(dirs, params)
     wait_for_backup(model_dir, workers, minimum_step=2)
@@ -305,4 +319,3 @@ def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, 
         for epoch in done:
             assert f"Epoch {epoch}/3" not in out
     assert [r["epoch"] for r in metrics(model_dir)] == ["1", "2", "3"]
-

@@ -51,4 +51,6 @@ def test_with_frozen_batch_norm_keeps_outputs_and_freezes_statistics():
     norms = [l for l in flatten_layers(frozen) if isinstance(l, resnet.BatchNorm)]
     assert norms and all(type(n) is resnet.FrozenBatchNorm for n in norms)
     x = images()
-    np.testing.assert_allclose(np.asarray(frozen(x, training=True)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(frozen(x, training=True)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5
+    )

@@ -21,10 +21,12 @@ def test_metrics_log_replaces_a_redone_epoch(location):
         MetricsLog(f"{location}/other.csv", ["loss"])
     # A row that would leave a gap, or hold something that is not a number, is never written.
     before = tf.io.gfile.GFile(f"{location}/metrics.csv", "rb").read()
-    for row, message in (({"epoch": 5, "loss": 1.0}, "cannot record epoch 5: it holds epochs 1 to 3"),
-                         ({"epoch": 4, "loss": "nan"}, "loss 'nan' is not a finite number"),
-                         ({"epoch": 4, "loss": "1,2"}, "loss '1,2' is not a number"),
-                         ({"epoch": 0, "loss": 1.0}, "epoch '0' is not a positive whole number")):
+    for row, message in (
+        ({"epoch": 5, "loss": 1.0}, "cannot record epoch 5: it holds epochs 1 to 3"),
+        ({"epoch": 4, "loss": "nan"}, "loss 'nan' is not a finite number"),
+        ({"epoch": 4, "loss": "1,2"}, "loss '1,2' is not a number"),
+        ({"epoch": 0, "loss": 1.0}, "epoch '0' is not a positive whole number"),
+    ):
         with pytest.raises(ValueError, match=message):
             log.write(row)
     assert tf.io.gfile.GFile(f"{location}/metrics.csv", "rb").read() == before

@@ -30,7 +30,9 @@ def test_files_of_a_run(location):
     assert len(commands) == 2 and commands[0].endswith("  resnet-train --a")
     assert commands[1].endswith("  resnet-train '--gin_param=Trainer.epochs = 3'")  # can be run again
     assert run.operative_config() == "Trainer.epochs = 2\n"
-    assert run.metrics.rows() == [dict.fromkeys(METRICS_COLUMNS, "") | {"epoch": "1", "loss": "0.5", "val_accuracy": "0.75"}]
+    assert run.metrics.rows() == [
+        dict.fromkeys(METRICS_COLUMNS, "") | {"epoch": "1", "loss": "0.5", "val_accuracy": "0.75"}
+    ]
     assert run.read_text("missing.txt") is None
     assert run.checkpoint_dir("backup") == f"{location}/backup"
     assert run.checkpoint_path("backup") is None
@@ -140,15 +142,23 @@ def test_same_run_with_resumable_changes_passes(location, recorded):
     run.write_operative_config(recorded)
     run.check_same_run(recorded)
     resumed = operative(
-        "Trainer.epochs = 9", "Trainer.keep_checkpoints = 1", "Trainer.backup_every_steps = 0",
-        "Trainer.progress = 'epoch'", "Trainer.cluster_timeout = 30.0", "InputPipeline.eval_batch_size = 120",
+        "Trainer.epochs = 9",
+        "Trainer.keep_checkpoints = 1",
+        "Trainer.backup_every_steps = 0",
+        "Trainer.progress = 'epoch'",
+        "Trainer.cluster_timeout = 30.0",
+        "InputPipeline.eval_batch_size = 120",
     )
     old, new = parse_bindings(recorded), parse_bindings(resumed)
     assert {key for key in old if old[key] != new[key]} == RESUMABLE_BINDINGS
     run.check_same_run(resumed)
     # Layout, comments, order and module qualifiers gin adds for unambiguous names are not configuration.
-    sections = recorded.replace("ResNet.stage_blocks = (3, 3, 3)", "ResNet.stage_blocks = (3,\n    3, 3)  # paper").split("\n\n")
-    run.check_same_run("\n\n".join(reversed(sections)).replace("ResNet.norm", "resnet.model.ResNet.norm") + "\n# note\n")
+    sections = recorded.replace(
+        "ResNet.stage_blocks = (3, 3, 3)", "ResNet.stage_blocks = (3,\n    3, 3)  # paper"
+    ).split("\n\n")
+    run.check_same_run(
+        "\n\n".join(reversed(sections)).replace("ResNet.norm", "resnet.model.ResNet.norm") + "\n# note\n"
+    )
 
 
 def started_run(location: str, operative: str) -> RunDirectory:
@@ -192,8 +202,10 @@ def test_unparsable_recorded_config_is_named(location):
     tf.io.gfile.remove(run.join("operative_config.gin"))
     with tf.io.gfile.GFile(run.join("operative_config.gin"), "wb") as f:
         f.write(b"Trainer.epochs = 2\n# \xff\xfe\n")
-    with pytest.raises(ValueError, match="holds an operative_config.gin that cannot be parsed .*line 2: byte 22 of the "
-                                         "file is not UTF-8 text"):
+    with pytest.raises(
+        ValueError,
+        match="holds an operative_config.gin that cannot be parsed .*line 2: byte 22 of the file is not UTF-8 text",
+    ):
         run.check_same_run("Trainer.epochs = 2\n")
 
 
@@ -219,8 +231,12 @@ def test_a_directory_without_checkpoint_or_metrics_is_not_yet_a_run(location, re
 
 def save_checkpoints(run: RunDirectory, kind: str, numbers) -> list[str]:
     """Checkpoints of a small variable saved into `kind` as the trainer saves them; their paths, newest first."""
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), run.checkpoint_dir(kind),
-                                         max_to_keep=5, checkpoint_name=CHECKPOINT_NAMES[kind])
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=tf.Variable(1.0)),
+        run.checkpoint_dir(kind),
+        max_to_keep=5,
+        checkpoint_name=CHECKPOINT_NAMES[kind],
+    )
     return [manager.save(checkpoint_number=n) for n in numbers][::-1]
 
 

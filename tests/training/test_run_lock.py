@@ -18,8 +18,14 @@ from resnet.training.run_lock import RunDirectoryLocked
 
 
 def write_lock(run, **owner):
-    lock = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": owners.process_start(os.getpid()),
-            "token": "theirs", "started": owners.now(), "heartbeat": owners.now()}
+    lock = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": owners.process_start(os.getpid()),
+        "token": "theirs",
+        "started": owners.now(),
+        "heartbeat": owners.now(),
+    }
     run.write_text("run.lock", json.dumps({**lock, **owner}))
 
 
@@ -85,7 +91,10 @@ def test_lock_of_a_dead_local_process_is_taken_over(location, capsys):
     write_lock(run, pid=int(dead.stdout), process_start=None)
     with run.lock.acquire():
         assert lock_owner(run)["pid"] == os.getpid()
-    assert f"Taking over the lock of a run that is gone: host {socket.gethostname()}, pid {int(dead.stdout)}" in capsys.readouterr().out
+    assert (
+        f"Taking over the lock of a run that is gone: host {socket.gethostname()}, pid {int(dead.stdout)}"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times come from /proc")
@@ -171,7 +180,7 @@ def test_lock_token_identifies_the_holder(location):
     assert run.lock.token() is None
     with run.lock.acquire():
         token = run.lock.token()
-        assert isinstance(token, int) and 0 <= token < 2 ** 63
+        assert isinstance(token, int) and 0 <= token < 2**63
         assert RunDirectory(location).lock.token() == token  # what another worker reads
     write_lock(run, token="not hex")
     assert run.lock.token() is None

@@ -20,6 +20,7 @@ from binaries import ENV, FAST, command, run
 # Every test here runs the binaries as subprocesses or trains a run end to end.
 pytestmark = pytest.mark.slow
 
+
 def snapshot(directory: Path) -> dict:
     """Every file below `directory` with its bytes."""
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -27,7 +28,11 @@ def snapshot(directory: Path) -> dict:
 
 def checkpoint_values(path: str) -> dict:
     reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,12 @@ def finished(tmp_path_factory):
 
 def test_rerun_with_another_model_is_refused_and_changes_nothing(finished):
     before = snapshot(finished)
-    result = run("resnet-train", f"--model_dir={finished}", params=FAST + ["ResNet.stage_blocks = (2, 2, 2)", "Trainer.momentum = 0.5"], check=False)
+    result = run(
+        "resnet-train",
+        f"--model_dir={finished}",
+        params=FAST + ["ResNet.stage_blocks = (2, 2, 2)", "Trainer.momentum = 0.5"],
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert "ResNet.stage_blocks" in result.stderr and "(3, 3, 3)" in result.stderr and "(2, 2, 2)" in result.stderr
     assert "Trainer.momentum" in result.stderr and "--model_dir" in result.stderr
@@ -55,18 +65,31 @@ def test_rerun_with_another_model_is_refused_and_changes_nothing(finished):
 def test_rerun_may_change_what_resuming_allows(finished, tmp_path):
     copy = tmp_path / "more"
     subprocess.run(["cp", "-r", str(finished), str(copy)], check=True)
-    result = run("resnet-train", f"--model_dir={copy}", params=[p for p in FAST if not p.startswith("Trainer.epochs")]
-                 + ["Trainer.epochs = 3", "Trainer.backup_every_steps = 0", "Trainer.progress = 'epoch'"])
+    result = run(
+        "resnet-train",
+        f"--model_dir={copy}",
+        params=[p for p in FAST if not p.startswith("Trainer.epochs")]
+        + ["Trainer.epochs = 3", "Trainer.backup_every_steps = 0", "Trainer.progress = 'epoch'"],
+    )
     assert "Epoch 3/3" in result.stdout and "Epoch 2/3" not in result.stdout
     assert "Trainer.epochs = 3" in (copy / "operative_config.gin").read_text()
 
 
 def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(tmp_path):
     model_dir = tmp_path / "held"
-    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 12", "Trainer.batch_size = 64",
-              "Trainer.backup_every_steps = 3", "InputPipeline.eval_batch_size = 360"]
-    first = subprocess.Popen(command("resnet-train", f"--model_dir={model_dir}", params=params), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=ENV)
+    params = [
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 12",
+        "Trainer.batch_size = 64",
+        "Trainer.backup_every_steps = 3",
+        "InputPipeline.eval_batch_size = 360",
+    ]
+    first = subprocess.Popen(
+        command("resnet-train", f"--model_dir={model_dir}", params=params),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         deadline = time.time() + 300
         while not (model_dir / "run.lock").exists():
@@ -136,9 +159,15 @@ def test_whole_cycle_on_an_in_memory_file_system(tmp_path):
 
 
 def test_runs_with_one_seed_are_bit_identical_and_resume_exactly(tmp_path):
-    params = ["Trainer.epochs = 3", "Trainer.steps_per_epoch = 6", "Trainer.batch_size = 32",
-              "Trainer.backup_every_steps = 0", "Trainer.seed = 7", "Trainer.deterministic = True",
-              "InputPipeline.eval_batch_size = 360"]
+    params = [
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 6",
+        "Trainer.batch_size = 32",
+        "Trainer.backup_every_steps = 0",
+        "Trainer.seed = 7",
+        "Trainer.deterministic = True",
+        "InputPipeline.eval_batch_size = 360",
+    ]
     first, second, killed = tmp_path / "first", tmp_path / "second", tmp_path / "killed"
     run("resnet-train", f"--model_dir={first}", params=params)
     run("resnet-train", f"--model_dir={second}", params=params)
@@ -151,8 +180,12 @@ def test_runs_with_one_seed_are_bit_identical_and_resume_exactly(tmp_path):
     assert table(first) == table(second) and len(table(first)) == 3
 
     # Killed between epochs (backups only at epoch ends), then resumed: the same weights, bit for bit.
-    process = subprocess.Popen(command("resnet-train", f"--model_dir={killed}", params=params), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=ENV)
+    process = subprocess.Popen(
+        command("resnet-train", f"--model_dir={killed}", params=params),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         deadline = time.time() + 300
         while not tf.train.latest_checkpoint(str(killed / "backup")):

@@ -12,7 +12,9 @@ def rates(schedule, steps):
 
 def test_paper_cifar_recipe_in_steps():
     s = learning_rate_schedule(390, 64000, 128, schedule="piecewise", unit="steps", boundaries=(32000, 48000))
-    np.testing.assert_allclose(rates(s, [0, 31999, 32001, 47999, 48001, 63999]), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(
+        rates(s, [0, 31999, 32001, 47999, 48001, 63999]), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
+    )
 
 
 def test_imagenet_recipe_in_epochs_with_linear_scaling():

@@ -131,7 +131,10 @@ def test_label_smoothing_in_training_only(tmp_path):
         ("Trainer.strategy = 'tpu'", r"Trainer.strategy.*'mirrored'.*'tpu'"),
         ("Trainer.batch_size = 0", r"Trainer.batch_size.*>= 1"),
         ("Preprocessing.image_size = 28", r"takes images of shape \(32, 32, 3\).*28x28x3"),
-        ("Trainer.freeze_stages = 9", r"^`Trainer.freeze_stages` must be an integer in \[0, 3\] \(the model has 3 stages\)"),
+        (
+            "Trainer.freeze_stages = 9",
+            r"^`Trainer.freeze_stages` must be an integer in \[0, 3\] \(the model has 3 stages\)",
+        ),
     ],
 )
 def test_bad_trainer_settings(tmp_path, binding, pattern):
@@ -144,20 +147,33 @@ def test_fine_tuning_starts_from_pretrained_weights_and_keeps_frozen_stages(tmp_
     path = tmp_path / "resnet18.npz"
     np.savez(path, **state)
     # The demo's data and recipe, with torchvision's resnet18 (at 32x32) instead of ResNet-20.
-    config.parse(["experiments/demo", "resnet18"], [
-        "ResNet.stage_strides = (1, 2, 2, 2)", "BasicBlock.shortcut = @ProjectionShortcut", "ResNet.num_classes = 10",
-        "Trainer.initial_weights = @PretrainedWeights()", f"PretrainedWeights.path = '{path}'",
-        "PretrainedWeights.skip_classifier = True", "Trainer.freeze_stages = 2",
-        "Trainer.epochs = 1", "Trainer.steps_per_epoch = 2", "Trainer.batch_size = 8",
-    ])
+    config.parse(
+        ["experiments/demo", "resnet18"],
+        [
+            "ResNet.stage_strides = (1, 2, 2, 2)",
+            "BasicBlock.shortcut = @ProjectionShortcut",
+            "ResNet.num_classes = 10",
+            "Trainer.initial_weights = @PretrainedWeights()",
+            f"PretrainedWeights.path = '{path}'",
+            "PretrainedWeights.skip_classifier = True",
+            "Trainer.freeze_stages = 2",
+            "Trainer.epochs = 1",
+            "Trainer.steps_per_epoch = 2",
+            "Trainer.batch_size = 8",
+        ],
+    )
     trainer = gin.get_configurable(Trainer)(model_dir=tmp_path / "run")
     trainer.train()
     weights = variables_by_path(trainer.model)
     # Frozen: exactly the pretrained values after training (statistics included).
     np.testing.assert_array_equal(weights["stem/conv1/kernel"].numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(weights["stage2/block2/norm2/moving_mean"].numpy(), state["layer2.1.bn2.running_mean"])
+    np.testing.assert_array_equal(
+        weights["stage2/block2/norm2/moving_mean"].numpy(), state["layer2.1.bn2.running_mean"]
+    )
     # Trained: stage 3 moved away from its pretrained values.
-    assert not np.allclose(weights["stage3/block1/conv1/kernel"].numpy(), state["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
+    assert not np.allclose(
+        weights["stage3/block1/conv1/kernel"].numpy(), state["layer3.0.conv1.weight"].transpose(2, 3, 1, 0)
+    )
     assert trainer.model.get_layer("stage3").trainable and not trainer.model.get_layer("stage2").trainable
 
 
@@ -165,18 +181,23 @@ def test_a_diverging_run_never_saves_non_finite_weights(tmp_path):
     """With a huge learning rate the weights overflow (moving variances first) while the loss
     can still be finite: no backup may hold them, and the checkpoint named as the last good one
     holds only finite values."""
-    trainer = make_trainer(tmp_path, "learning_rate_schedule.base_learning_rate = 1e6", "Trainer.epochs = 3",
-                           "Trainer.steps_per_epoch = 6", "Trainer.backup_every_steps = 1")
+    trainer = make_trainer(
+        tmp_path,
+        "learning_rate_schedule.base_learning_rate = 1e6",
+        "Trainer.epochs = 3",
+        "Trainer.steps_per_epoch = 6",
+        "Trainer.backup_every_steps = 1",
+    )
     with pytest.raises(TrainingDiverged) as info:
         trainer.train()
     message = str(info.value)
     named = message.rsplit("The last good checkpoint is ", 1)[1].rstrip(".")
-    saved = sorted(str(p)[:-len(".index")] for p in (tmp_path / "backup").glob("*.index"))
+    saved = sorted(str(p)[: -len(".index")] for p in (tmp_path / "backup").glob("*.index"))
     if named.startswith("none"):
         assert saved == []
     else:
         assert saved == [named]
-    for path in saved + sorted(str(p)[:-len(".index")] for p in (tmp_path / "checkpoints").glob("*.index")):
+    for path in saved + sorted(str(p)[: -len(".index")] for p in (tmp_path / "checkpoints").glob("*.index")):
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             value = reader.get_tensor(name)
@@ -244,8 +265,11 @@ def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_che
 
 
 def test_a_batch_larger_than_the_data_is_named_as_such(tmp_path):
-    with pytest.raises(ValueError, match=r"^`Trainer.batch_size` 4096 is larger than the 1437 training images of "
-                                         r"'digits': not one full batch per epoch"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`Trainer.batch_size` 4096 is larger than the 1437 training images of "
+        r"'digits': not one full batch per epoch",
+    ):
         make_trainer(tmp_path, "Trainer.batch_size = 4096", "Trainer.steps_per_epoch = None")
 
 
@@ -253,8 +277,13 @@ def test_a_batch_larger_than_the_data_is_named_as_such(tmp_path):
 def test_the_epochs_of_a_run_are_consecutive_stretches_of_the_pipelines_stream(tmp_path, steps):
     """Epochs of `steps_per_epoch` go on where the last one stopped (not from the head of a new
     pass), read as one stream: what the trainer trains on is `InputPipeline.train` for all epochs."""
-    trainer = make_trainer(tmp_path, f"Trainer.steps_per_epoch = {steps}", "Trainer.epochs = 3",
-                           "Trainer.batch_size = 256", "Trainer.backup_every_steps = 0")
+    trainer = make_trainer(
+        tmp_path,
+        f"Trainer.steps_per_epoch = {steps}",
+        "Trainer.epochs = 3",
+        "Trainer.batch_size = 256",
+        "Trainer.backup_every_steps = 0",
+    )
     trained = []
 
     def record(batch):
@@ -267,8 +296,9 @@ def test_the_epochs_of_a_run_are_consecutive_stretches_of_the_pipelines_stream(t
     trainer.pipeline.train = lambda *args, **kwargs: calls.append(kwargs) or stream(*args, **kwargs)
     trainer.train()
     assert len(calls) == 1  # later epochs need no skipping to their start
-    expected = [(images.numpy(), labels.numpy()) for images, labels in
-                stream(0, steps=trainer.steps_per_epoch, epochs=3)]
+    expected = [
+        (images.numpy(), labels.numpy()) for images, labels in stream(0, steps=trainer.steps_per_epoch, epochs=3)
+    ]
     assert len(trained) == len(expected) == 3 * trainer.steps
     for (images, labels), (want_images, want_labels) in zip(trained, expected):
         np.testing.assert_array_equal(labels, want_labels)
@@ -313,8 +343,13 @@ def test_a_failed_restore_is_one_error_not_a_flood_of_warnings(tmp_path):
     import sys
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", RESTORE_INTO_ANOTHER_MODEL, str(tmp_path / "ck")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RESTORE_INTO_ANOTHER_MODEL, str(tmp_path / "ck")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("refused:") == 3, result.stdout
     assert "holds 30 variable(s) the model lacks (stage1/block3/" in result.stdout, result.stdout
@@ -364,10 +399,13 @@ def damage_state_file(prefix: str) -> None:
         f.write(b"\xff\xfe not a checkpoint state")
 
 
-@pytest.mark.parametrize("damage", marked_slow(
-    [damage_missing_data, truncate, damage_garbage_index, damage_index_directory, damage_state_file],
-    lambda damage: damage is not damage_missing_data,
-))
+@pytest.mark.parametrize(
+    "damage",
+    marked_slow(
+        [damage_missing_data, truncate, damage_garbage_index, damage_index_directory, damage_state_file],
+        lambda damage: damage is not damage_missing_data,
+    ),
+)
 def test_any_unreadable_backup_falls_back_to_an_intact_checkpoint(two_epochs, tmp_path, capsys, damage):
     """A backup whose `.data` file is missing, whose index is garbage or a directory, or whose
     `checkpoint` pointer file is damaged, falls back for resuming and for evaluation, as a
@@ -395,9 +433,15 @@ def test_a_run_that_failed_to_start_may_start_again_and_wrote_nothing(tmp_path):
     state = torchvision_resnet18_state(num_classes=10)
     good = tmp_path / "resnet18.npz"
     np.savez(good, **state)
-    bindings = ["ResNet.stage_strides = (1, 2, 2, 2)", "BasicBlock.shortcut = @ProjectionShortcut",
-                "ResNet.num_classes = 10", "Trainer.initial_weights = @PretrainedWeights()",
-                "Trainer.epochs = 1", "Trainer.steps_per_epoch = 1", "Trainer.batch_size = 8"]
+    bindings = [
+        "ResNet.stage_strides = (1, 2, 2, 2)",
+        "BasicBlock.shortcut = @ProjectionShortcut",
+        "ResNet.num_classes = 10",
+        "Trainer.initial_weights = @PretrainedWeights()",
+        "Trainer.epochs = 1",
+        "Trainer.steps_per_epoch = 1",
+        "Trainer.batch_size = 8",
+    ]
     run = tmp_path / "run"
 
     def trainer(path):
@@ -460,8 +504,11 @@ def test_ctrl_c_says_what_the_newest_backup_holds(two_epochs, tmp_path, monkeypa
         return step(batch)
 
     monkeypatch.setattr(trainer, "make_train_step", lambda: interrupted_step)
-    with pytest.raises(TrainingInterrupted, match=r"^Interrupted\. The newest backup, .*backup-5, holds the run at "
-                                                  r"step 1 of 2 in epoch 3: run the same command to resume"):
+    with pytest.raises(
+        TrainingInterrupted,
+        match=r"^Interrupted\. The newest backup, .*backup-5, holds the run at "
+        r"step 1 of 2 in epoch 3: run the same command to resume",
+    ):
         trainer.train()
     assert not (model_dir / "run.lock").exists()
 
@@ -473,15 +520,18 @@ def test_a_full_disk_while_saving_names_the_file_and_loses_nothing(two_epochs, t
     before = {p: v for p, v in snapshot(model_dir).items() if p.name not in written_at_start}
 
     def full(self, *args, **kwargs):
-        raise tf.errors.ResourceExhaustedError(None, None, f"{self.directory}/epoch-3_temp/part-0.data; No space left "
-                                                           "on device [Op:SaveV2]")
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{self.directory}/epoch-3_temp/part-0.data; No space left on device [Op:SaveV2]"
+        )
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
     with pytest.raises(StorageFull) as raised:
         resumed.train()
     message = str(raised.value)
-    assert message.startswith(f"No space left on the storage of `--model_dir` while writing the checkpoint "
-                              f"{model_dir / 'checkpoints' / 'epoch'}-3 (")
+    assert message.startswith(
+        f"No space left on the storage of `--model_dir` while writing the checkpoint "
+        f"{model_dir / 'checkpoints' / 'epoch'}-3 ("
+    )
     assert "Nothing was lost" in message and "backup-4, holds the run at the end of epoch 2" in message
     after = snapshot(model_dir)
     assert {p: after.get(p) for p in before} == before  # every file as it was (a new TensorBoard file aside)
