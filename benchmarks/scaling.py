@@ -116,7 +116,7 @@ def table(results: dict, mode: str, precision: str) -> str:
         def cell(model, key):
             return f"{model[key]:.1f}" if key in model else "failed"
 
-        def ratio(key):
+        def ratio(key, ours=ours, base=base):
             return f"{ours[key] / base[key]:.2f}x" if key in ours and key in base else "-"
 
         rows.append(

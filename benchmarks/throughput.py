@@ -207,7 +207,8 @@ def _print_report(results) -> None:
             f"{entry['gflops']:.0f} GFLOP/s{extra}"
         )
     print(
-        f"  speed ratio {results['speed_ratio_vs_baseline']:.3f}x, memory ratio {results['memory_ratio_vs_baseline']:.3f}x "
+        f"  speed ratio {results['speed_ratio_vs_baseline']:.3f}x, "
+        f"memory ratio {results['memory_ratio_vs_baseline']:.3f}x "
         f"(in tensors {results['allocator_memory_ratio_vs_baseline']:.3f}x)"
         + (
             f", mixed precision speed-up {results['speedup_vs_ours_float32']:.3f}x (matrix multiply: "

@@ -44,7 +44,7 @@ def launched_as_binary(argv: list[str], orig_argv: list[str]) -> bool:
     script = os.path.basename(argv[0]) if argv else ""
     modules = {f"resnet.{module}" for module in BINARIES.values()}
     return script in BINARIES or any(
-        flag == "-m" and module in modules for flag, module in zip(orig_argv, orig_argv[1:])
+        flag == "-m" and module in modules for flag, module in zip(orig_argv, orig_argv[1:], strict=False)
     )
 
 

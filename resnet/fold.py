@@ -68,7 +68,7 @@ def fold_batch_norm(model: ResNet) -> ResNet:
         variables[variable.path].assign(variable)
     for layer in flatten_layers(folded):
         if isinstance(getattr(layer, "convs", None), list) and isinstance(getattr(layer, "norms", None), list):
-            for i, (conv, norm) in enumerate(zip(layer.convs, layer.norms)):
+            for i, (conv, norm) in enumerate(zip(layer.convs, layer.norms, strict=True)):
                 if _fold(conv, norm):
                     layer.norms[i] = None
         elif _fold(getattr(layer, "conv", None), getattr(layer, "norm_layer", None)):

@@ -130,7 +130,7 @@ def _plan_stages(
     total_blocks = sum(stage_blocks)
     stride, dilation, first_block = stem_stride, 1, 0
     plan = []
-    for num, stage_stride in zip(stage_blocks, stage_strides):
+    for num, stage_stride in zip(stage_blocks, stage_strides, strict=True):
         first_dilation = dilation
         if output_stride is not None and stride * stage_stride > output_stride:
             dilation *= stage_stride
@@ -158,7 +158,7 @@ def _make_stages(
     check_unbound(ResidualStage, constructor_parameters(ResidualStage), "ResNet")
     plan = _plan_stages(stem_stride, stage_blocks, stage_strides, output_stride, drop_path_rate)
     stages, feature_strides = [], {}
-    for i, (num, filters, (stage_args, stride)) in enumerate(zip(stage_blocks, stage_filters, plan)):
+    for i, (num, filters, (stage_args, stride)) in enumerate(zip(stage_blocks, stage_filters, plan, strict=True)):
         stage = ResidualStage(
             block_spec,
             num_blocks=num,
@@ -423,7 +423,7 @@ class ResNet(ArgsConfigMixin, keras.Model):
                 f"{self.name} expects images with {expected[2]} channels (input_shape={expected}); "
                 f"received shape {shape}."
             )
-        for axis, dim, want in zip(("height", "width"), shape[1:3], expected[:2]):
+        for axis, dim, want in zip(("height", "width"), shape[1:3], expected[:2], strict=True):
             if dim is None:
                 continue
             if want is not None and dim != want:
@@ -486,10 +486,10 @@ class ResNet(ArgsConfigMixin, keras.Model):
         try:
             super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
         except Exception:
-            for variable, value in zip(self.weights, before):
+            for variable, value in zip(self.weights, before, strict=True):
                 variable.assign(value)
             raise
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> "ResNet":
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> ResNet:
         return cls(**config)

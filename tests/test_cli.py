@@ -51,8 +51,8 @@ def outcome(error: BaseException, capsys) -> tuple[int, str]:
         (
             tf.errors.ResourceExhaustedError(None, None, "/out/.e.partial/x.tflite; No space left on device"),
             75,
-            "resnet-test: error: no space left on the storage while writing (/out/.e.partial/x.tflite; No space left on "
-            "device); what was written before is intact",
+            "resnet-test: error: no space left on the storage while writing (/out/.e.partial/x.tflite; No space left "
+            "on device); what was written before is intact",
         ),
         (OSError(errno.ENOSPC, "No space left on device"), 75, "resnet-test: error: no space left on the storage"),
         (

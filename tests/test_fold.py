@@ -27,7 +27,9 @@ def test_folding_keeps_the_outputs_of_every_shipped_config(name):
     before = [w.numpy().copy() for w in model.weights]
     folded = resnet.fold_batch_norm(model)
     assert relative_error(folded(x).numpy(), expected) < 1e-5
-    assert all(np.array_equal(w.numpy(), b) for w, b in zip(model.weights, before))  # the model is not changed
+    assert all(
+        np.array_equal(w.numpy(), b) for w, b in zip(model.weights, before, strict=True)
+    )  # the model is not changed
     assert np.array_equal(model(x, training=False).numpy(), expected)
     norms = batch_norm_ops(model, size)
     if name.endswith("_gn"):

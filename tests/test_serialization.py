@@ -134,8 +134,9 @@ def resnet20_file(tmp_path_factory):
     [
         (
             _set("block", "norm", GROUP_NORM),
-            "`ResNet.block` spec sets BasicBlock.norm={'class_name': 'GroupNorm', 'config': {'groups': 4, 'epsilon': 1e-05, "
-            f"'gamma_initializer': 'ones'}}}}, but ResNet sets norm={BATCH_NORM} for every block (bind `ResNet.norm`).",
+            "`ResNet.block` spec sets BasicBlock.norm={'class_name': 'GroupNorm', 'config': {'groups': 4, "
+            "'epsilon': 1e-05, 'gamma_initializer': 'ones'}}, but ResNet sets "
+            f"norm={BATCH_NORM} for every block (bind `ResNet.norm`).",
         ),
         (
             _set_norm_epsilon,
@@ -296,7 +297,7 @@ def test_load_weights_of_another_network_changes_nothing(tmp_path):
     before = [v.numpy().copy() for v in model.weights]
     with pytest.raises(ValueError, match=r"shapes differ: stage1/block1/conv1/kernel \(3, 3, 8, 16\) in the file"):
         model.load_weights(path)
-    for variable, old in zip(model.weights, before):
+    for variable, old in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
 
 

@@ -57,7 +57,8 @@ import json, os, sys
 
 def state():
     stderr = os.fstat(2)
-    return {"environ": dict(os.environ), "stderr": [stderr.st_dev, stderr.st_ino], "tensorflow": "tensorflow" in sys.modules}
+    return {"environ": dict(os.environ), "stderr": [stderr.st_dev, stderr.st_ino],
+            "tensorflow": "tensorflow" in sys.modules}
 
 states = [state()]
 for statement in %r:
@@ -95,7 +96,7 @@ def test_importing_the_library_leaves_the_environment_and_stderr_alone(tmp_path)
     for script, first_heavy in (("probe.py", "import resnet"), ("resnet-train", trainer)):
         states, stderr = _probe(tmp_path, script, statements)
         loaded = False
-        for statement, before, after in zip(statements, states, states[1:]):
+        for statement, before, after in zip(statements, states, states[1:], strict=False):
             observed[script, statement] = {
                 "environment changes": _changes(before["environ"], after["environ"]),
                 "same stderr": after["stderr"] == before["stderr"],

@@ -135,8 +135,9 @@ class CifarData(_ArraySource):
         folders = [self._path(f) for files in self._files.values() for f in files if tf.io.gfile.isdir(self._path(f))]
         if folders:
             raise DataError(
-                f"`CifarData.data_dir` {self.data_dir!r} is not a {self.name} directory: {', '.join(map(repr, folders))} "
-                f"{'is a directory' if len(folders) == 1 else 'are directories'}, not a batch file. "
+                f"`CifarData.data_dir` {self.data_dir!r} is not a {self.name} directory: "
+                f"{', '.join(map(repr, folders))} {'is a directory' if len(folders) == 1 else 'are directories'}, "
+                "not a batch file. "
                 f"{self._layout_hint()}"
             )
         self._loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -158,5 +159,5 @@ class CifarData(_ArraySource):
     def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._loaded:
             batches = [_load_cifar_batch(self._path(f), self._label_key, self.num_classes) for f in self._files[split]]
-            self._loaded[split] = tuple(np.concatenate(parts) for parts in zip(*batches))
+            self._loaded[split] = tuple(np.concatenate(parts) for parts in zip(*batches, strict=True))
         return self._loaded[split]

@@ -265,7 +265,7 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         names = ["probabilities", "classes"]
-        return dict(zip(names, self.session.run(names, {INPUT_NAME: images})))
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: images}), strict=True))
 
 
 def check_outputs(

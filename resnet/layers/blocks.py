@@ -144,7 +144,7 @@ class ResidualBlock(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
         )
         build_chain([self.shortcut_layer], input_shape)
         build_chain([self.preact_norm], input_shape)
-        branch = [layer for pair in zip(self.convs, self.norms) for layer in pair]
+        branch = [layer for pair in zip(self.convs, self.norms, strict=True) for layer in pair]
         build_chain(branch + [self.se, self.drop_path], input_shape)
 
     def _make_branch(self) -> None:
@@ -181,7 +181,7 @@ class ResidualBlock(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
             x = self._act(x)
         shortcut_input = x if self.preact and self.shortcut_layer.projects else inputs
         last = len(self.convs) - 1
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = conv(x)
             if norm is not None:
                 x = norm(x, training=training)

@@ -109,11 +109,11 @@ class ClassicStem(ConvSettingsMixin, ArgsConfigMixin, keras.layers.Layer):
             if self.pool
             else None
         )
-        build_chain([layer for pair in zip(self.convs, self.norms) for layer in pair], input_shape)
+        build_chain([layer for pair in zip(self.convs, self.norms, strict=True) for layer in pair], input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             x = conv(x)
             if norm is not None:
                 x = norm(x, training=training)

@@ -129,7 +129,7 @@ class MetricsLog:
                 f"{len(fields)} field(s) where {len(self.columns)} were expected "
                 f"({','.join(self.columns)}); the line may have been cut short",
             )
-        row = dict(zip(self.columns, fields))
+        row = dict(zip(self.columns, fields, strict=True))
         for key, value in row.items():
             problem = _metric_problem(key, value)
             if problem:

@@ -172,7 +172,7 @@ def _average_over_replicas(variables: Sequence) -> None:
     context = tf.distribute.get_replica_context()
     # The identities put the values on the replica's device, where collectives need them.
     means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
-    for variable, mean in zip(variables, means):
+    for variable, mean in zip(variables, means, strict=True):
         variable.assign(mean)
 
 

@@ -435,11 +435,11 @@ class Trainer:
                     "resume them from. Use a new `--model_dir`, or move metrics.csv away to start this run anew."
                 )
             if rows < finished:
+                placeholder = f"{rows + 1}{',' * (len(METRICS_COLUMNS) - 1)}"
                 raise ValueError(
                     f"{path} records epochs 1 to {rows}, but the run has finished {finished} ({resumed}): the rows of "
                     f"epochs {rows + 1} to {finished} are missing. Put back a copy of the file, or add a line holding "
-                    f"only the epoch number for each missing epoch (e.g. `{rows + 1}{',' * (len(METRICS_COLUMNS) - 1)}`) "
-                    "to go on without them."
+                    f"only the epoch number for each missing epoch (e.g. `{placeholder}`) to go on without them."
                 )
         if resumed is None and self.initial_weights is not None:
             print(self.initial_weights.load_into(self.model), flush=True)

@@ -28,7 +28,7 @@ def test_a_source_whose_records_are_examples_needs_only_records_and_num_examples
     reordered = list(source.decode(source.records("eval").shuffle(4, seed=1).skip(1), "eval"))
     expected = list(source.examples("eval").shuffle(4, seed=1).skip(1))
     assert len(reordered) == 3
-    for (image, label), (want_image, want_label) in zip(reordered, expected):
+    for (image, label), (want_image, want_label) in zip(reordered, expected, strict=True):
         np.testing.assert_array_equal(image, want_image)
         assert int(label) == int(want_label)
     with pytest.raises(TypeError, match=r"abstract"):

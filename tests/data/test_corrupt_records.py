@@ -38,6 +38,6 @@ def test_runs_of_corrupt_files_are_named_whole_or_skipped_and_counted(tmp_path, 
     images, labels = read_all(source, "train")
     kept = [path for i, path in enumerate(paths) if i not in corrupt]
     assert len(images) == len(kept) and (labels == 0).all()
-    for image, path in zip(images, kept):
+    for image, path in zip(images, kept, strict=True):
         np.testing.assert_array_equal(image, written[path])
     assert source.skipped_count("train") == len(corrupt)

@@ -26,7 +26,7 @@ def test_digits_split_is_stratified_deterministic_and_covers_all_1797():
     np.testing.assert_allclose(np.bincount(eval_labels, minlength=10), all_counts * 0.2, atol=1)
     again = DigitsData()
     for split in ("train", "eval"):
-        for (a, la), (b, lb) in zip(source.examples(split).take(20), again.examples(split).take(20)):
+        for (a, la), (b, lb) in zip(source.examples(split).take(20), again.examples(split).take(20), strict=True):
             np.testing.assert_array_equal(a, b)
             assert int(la) == int(lb)
     other = np.array([int(label) for _, label in DigitsData(seed=1).examples("eval")])

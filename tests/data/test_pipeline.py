@@ -33,7 +33,7 @@ def batches(dataset: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def assert_same(actual, expected) -> None:
     assert len(actual) == len(expected)
-    for (images, labels), (want_images, want_labels) in zip(actual, expected):
+    for (images, labels), (want_images, want_labels) in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_array_equal(images, want_images)
 
@@ -256,10 +256,10 @@ def test_same_seed_gives_the_same_batches_and_another_seed_or_epoch_other_ones(t
     # Without shuffling the order is the same; the augmentations still differ by epoch and seed.
     unshuffled = [pipeline(seed, shuffle_buffer=1) for seed in (7, 8)]
     images = {(s, e): np.concatenate([i for i, _ in batches(unshuffled[s].train(e))]) for s in (0, 1) for e in (0, 1)}
-    labels = [np.concatenate([l for _, l in batches(p.train(0))]) for p in unshuffled]
+    labels = [np.concatenate([labels for _, labels in batches(p.train(0))]) for p in unshuffled]
     np.testing.assert_array_equal(labels[0], labels[1])
     for a, b in (((0, 0), (0, 1)), ((0, 0), (1, 0))):
-        changed = [not np.array_equal(x, y) for x, y in zip(images[a], images[b])]
+        changed = [not np.array_equal(x, y) for x, y in zip(images[a], images[b], strict=True)]
         assert sum(changed) > len(changed) // 2
 
 

@@ -34,7 +34,7 @@ def test_tfrecord_png_shards_read_exact_pixels_in_interleaved_order(tmp_path):
     images, labels = read_all(source, "train")
     order = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]  # one record from each shard in turn
     assert len(images) == 6
-    for image, label, key in zip(images, labels, order):
+    for image, label, key in zip(images, labels, order, strict=True):
         np.testing.assert_array_equal(image, written[key][0])
         assert label == written[key][1]
     assert len(read_all(source, "eval")[0]) == 2

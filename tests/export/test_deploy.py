@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
         data=trainer.data,
         progress=lines.append,
     )
-    images, labels = zip(*trainer.data.examples("eval").as_numpy_iterator())
+    images, labels = zip(*trainer.data.examples("eval").as_numpy_iterator(), strict=True)
     return trainer, model, output, lines, np.stack(images), np.array(labels)
 
 

@@ -321,7 +321,7 @@ def test_two_export_processes_writing_to_one_output(tmp_path):
     finally:
         for process in processes:
             process.kill()
-    for process, (stdout, stderr) in zip(processes, results):
+    for process, (_, stderr) in zip(processes, results, strict=True):
         assert process.returncode == 0 and "Traceback" not in stderr, stderr
     # Which of the two ends first depends on the machine: one export to `new` wins, the other is
     # refused cleanly; both exports to `replaced` succeed, one after the other.

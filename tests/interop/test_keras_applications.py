@@ -35,7 +35,7 @@ def keras_application(name, classes=1000, size=64):
 def assert_matches(ours, taps, x):
     logits, *features = [np.asarray(t) for t in taps(x)]
     assert relative_error(np.asarray(ours(x)), logits) <= TOLERANCE
-    for (key, ours_feature), theirs in zip(ours.extract_features(x).items(), features):
+    for (key, ours_feature), theirs in zip(ours.extract_features(x).items(), features, strict=True):
         assert ours_feature.shape == theirs.shape, key
         assert relative_error(np.asarray(ours_feature), theirs) <= TOLERANCE, key
 
@@ -96,7 +96,7 @@ def test_keras_negative_moving_variance_loads_nothing():
         r"negative value\(s\), impossible for a variance",
     ):
         interop.load_keras_applications_weights(ours, source)
-    for variable, old in zip(ours.weights, before):
+    for variable, old in zip(ours.weights, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
 
 

@@ -79,7 +79,7 @@ def test_torch_values_that_are_not_finite_numbers_load_nothing(name, value, prob
     with pytest.raises(ValueError, match="nothing was loaded") as info:
         interop.load_torch_state_dict(ours, state)
     assert f"unusable values: {problem}" in str(info.value)
-    for variable, old in zip(ours.weights, before):
+    for variable, old in zip(ours.weights, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
 
 
@@ -95,7 +95,7 @@ def test_torch_negative_running_var_loads_nothing():
     message = str(info.value)
     assert "unusable values: layer2.0.bn1.running_var has 2 negative value(s), impossible for a variance" in message
     assert "layer3.0.downsample.1.running_var has 1 negative value(s)" in message
-    for variable, old in zip(ours.weights, before):
+    for variable, old in zip(ours.weights, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
 
 
@@ -165,7 +165,8 @@ def _as_torch_state(model):
     ],
 )
 def test_torch_counters_of_timm_and_torchvision_layouts_load(name, counters):
-    """The deep stem's norms (timm: conv1.1, conv1.4, bn1) and ResNet-D's shortcut norm (downsample.2) have counters too."""
+    """The deep stem's norms (timm: conv1.1, conv1.4, bn1) and ResNet-D's shortcut norm (downsample.2) have
+    counters too."""
     source = resnet.build(name, ["ResNet.stage_blocks = (1, 1, 1, 1)"])
     randomize_norms(source)
     state = _as_torch_state(source)

@@ -150,7 +150,7 @@ def test_stage_inside_a_functional_model_trains():
     history = model.fit(x_train, y_train, batch_size=8, epochs=8, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] * 0.7
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_block_counts_match_torchvision_formula():

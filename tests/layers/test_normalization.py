@@ -18,7 +18,7 @@ NORM_CLASSES = {
 
 
 def _norm_layers(model):
-    return [l for l in flatten_layers(model) if isinstance(l, keras.layers.Layer) and type(l) in NORM_CLASSES.values()]
+    return [layer for layer in flatten_layers(model) if type(layer) in NORM_CLASSES.values()]
 
 
 @pytest.mark.parametrize("name", sorted(NORM_CLASSES))
@@ -68,7 +68,7 @@ def test_frozen_batch_norm_does_not_change_in_fit():
     before = [np.asarray(w).copy() for n in norms for w in n.weights]
     model.fit(images(batch=8), np.arange(8) % 10, epochs=1, verbose=0)
     after = [np.asarray(w) for n in norms for w in n.weights]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     assert trainable_count(model) == 269_722 - 2 * sum(n.gamma.shape[0] for n in norms)
 
 
@@ -113,7 +113,7 @@ def test_batch_norm_matches_keras_batch_normalization(dtype):
         grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
         results.append([y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
     assert results[0][0].dtype == results[1][0].dtype
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(
             np.asarray(tf.cast(a, tf.float32)), np.asarray(tf.cast(b, tf.float32)), rtol=tolerance, atol=tolerance
         )

@@ -148,7 +148,7 @@ def test_default_model_dir_is_announced(tmp_path):
         params=FAST[:1] + ["Trainer.epochs = 1", "Trainer.steps_per_epoch = 1", "Trainer.batch_size = 8"],
         cwd=tmp_path,
     )
-    line = next(l for l in result.stdout.splitlines() if l.startswith("Writing to"))
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Writing to"))
     model_dir = tmp_path / line.split("Writing to ", 1)[1]
     assert model_dir.parent == tmp_path / "runs" and model_dir.name.startswith("demo-")
     assert (model_dir / "metrics.csv").is_file()
@@ -186,7 +186,7 @@ def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
     assert [r["epoch"] for r in metrics(model_dir)] == ["1"]
 
     result = run("resnet-train", f"--model_dir={model_dir}", params=params)
-    resumed = next(l for l in result.stdout.splitlines() if l.startswith("Resuming"))
+    resumed = next(line for line in result.stdout.splitlines() if line.startswith("Resuming"))
     assert "epoch 2, step " in resumed and not resumed.endswith("step 0 of 12.")
     assert "Epoch 1/3" not in result.stdout  # the finished epoch is not redone
     rows = metrics(model_dir)

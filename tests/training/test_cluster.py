@@ -200,7 +200,8 @@ def test_setup_is_idempotent_and_fixed_once_devices_exist():
 
         os.environ.pop("TF_CONFIG", None)
         error(strategy="multi_worker_mirrored")
-        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}})
+        cluster = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}
+        os.environ["TF_CONFIG"] = json.dumps(cluster)
         error(strategy="multi_worker_mirrored")
         first = distribution.setup("default")  # no op has run: the devices may still change
         strategy = distribution.setup("mirrored", logical_cpus=2)
@@ -361,7 +362,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_they_resume(clust
     for worker in workers:
         worker.wait(timeout=60)
     outputs = [cluster.output(worker) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == distribution.PREEMPTED_EXIT_CODE, err
     stops = [[line for line in out.splitlines() if " stopped at step " in line] for out, _ in outputs]
     step = int(stops[0][0].split()[5].rstrip(","))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from binaries import BIN, ENV, FAST, metrics
+
 # Every test here starts TensorFlow subprocesses (strategies fix devices per process).
 pytestmark = pytest.mark.slow
-
-from binaries import BIN, ENV, FAST, metrics
 
 SCRIPT = r"""
 import json
@@ -225,7 +225,8 @@ def test_two_workers_agree_evaluate_to_their_metrics_and_refuse_an_unshared_mode
         assert "2 replicas, 8 images per replica per step" in out
     # Synchronous training: both workers see the same losses; only the chief writes the run.
     epoch_lines = [
-        [l for l in out.splitlines() if l.startswith("Epoch 2/2")][0].split("(")[0] for _, out, _, _ in results.values()
+        [line for line in out.splitlines() if line.startswith("Epoch 2/2")][0].split("(")[0]
+        for _, out, _, _ in results.values()
     ]
     assert epoch_lines[0] == epoch_lines[1]
     assert (model_dir / "command.txt").read_text().count("resnet-train") == 1
@@ -285,7 +286,7 @@ def test_preemption_and_a_lost_worker_end_cleanly_and_the_run_resumes(tmp_path, 
     stop_lines = []
     for code, _, err, _ in stopped.values():
         assert code == PREEMPTED_EXIT_CODE, err
-        stop_lines.append(next(l for l in err.splitlines() if "Stopped by a stop signal at step" in l))
+        stop_lines.append(next(line for line in err.splitlines() if "Stopped by a stop signal at step" in line))
     step = int(stop_lines[0].split("at step ")[1].split()[0])
     assert stop_lines[0] == stop_lines[1]
     assert latest_backup(model_dir).endswith(f"backup-{step}")

@@ -48,7 +48,7 @@ def test_with_frozen_batch_norm_keeps_outputs_and_freezes_statistics():
     model = resnet.build("cifar/resnet20")
     randomize_norms(model)
     frozen = finetune.with_frozen_batch_norm(model)
-    norms = [l for l in flatten_layers(frozen) if isinstance(l, resnet.BatchNorm)]
+    norms = [layer for layer in flatten_layers(frozen) if isinstance(layer, resnet.BatchNorm)]
     assert norms and all(type(n) is resnet.FrozenBatchNorm for n in norms)
     x = images()
     np.testing.assert_allclose(

@@ -123,7 +123,8 @@ def test_lock_of_another_host_is_taken_over_only_when_stale(location):
 def test_unreadable_fresh_local_lock_is_respected(tmp_path, content):
     run = RunDirectory(str(tmp_path), stale_after=60)
     (tmp_path / "run.lock").write_bytes(content)  # being written by a run that just created it
-    unreadable = f"unknown \\({re.escape(str(tmp_path / 'run.lock'))} cannot be read as an owner record; delete it if nothing uses"
+    lock = re.escape(str(tmp_path / "run.lock"))
+    unreadable = f"unknown \\({lock} cannot be read as an owner record; delete it if nothing uses"
     with pytest.raises(RunDirectoryLocked, match=unreadable):
         run.lock.acquire()
     os.utime(tmp_path / "run.lock", (0, 0))  # ... or left long ago by a run that died writing it

@@ -86,7 +86,7 @@ def test_decayed_variables_are_conv_and_dense_kernels(tmp_path):
     names = {v.path for v in decayed_kernels(trainer.model)}
     assert "classifier/kernel" in names and "stem/conv1/kernel" in names
     assert not any(n.endswith(("gamma", "beta", "bias")) for n in names)
-    convs = [l for l in flatten_layers(trainer.model) if isinstance(l, keras.layers.Conv2D)]
+    convs = [layer for layer in flatten_layers(trainer.model) if isinstance(layer, keras.layers.Conv2D)]
     assert len(names) == len(convs) + 1
 
 
@@ -300,7 +300,7 @@ def test_the_epochs_of_a_run_are_consecutive_stretches_of_the_pipelines_stream(t
         (images.numpy(), labels.numpy()) for images, labels in stream(0, steps=trainer.steps_per_epoch, epochs=3)
     ]
     assert len(trained) == len(expected) == 3 * trainer.steps
-    for (images, labels), (want_images, want_labels) in zip(trained, expected):
+    for (images, labels), (want_images, want_labels) in zip(trained, expected, strict=True):
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_array_equal(images, want_images)
 
