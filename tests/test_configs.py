@@ -6,7 +6,7 @@ import keras
 import pytest
 
 import resnet
-from conftest import trainable_count
+from conftest import marked_slow, trainable_count
 
 # Trainable parameters: 1000 classes at 224x224 (ImageNet configs), 10 classes at 32x32 (cifar/).
 TRAINABLE_PARAMS = {
@@ -52,7 +52,17 @@ def test_every_shipped_config_has_an_expected_count():
     assert sorted(resnet.available_configs()) == sorted(TRAINABLE_PARAMS)
 
 
-@pytest.mark.parametrize("name", sorted(TRAINABLE_PARAMS))
+# The deepest networks (101 layers and more) take seconds to build: they run with the slow tests.
+DEEP = ("101", "152", "200")
+
+
+@pytest.mark.parametrize(
+    "name",
+    marked_slow(
+        sorted(TRAINABLE_PARAMS),
+        lambda name: name.endswith(DEEP) or any(name.endswith(f"{depth}_v2") for depth in DEEP),
+    ),
+)
 def test_trainable_parameters_match_reference(name):
     cifar = name.startswith("cifar/")
     size = 32 if cifar else 224
@@ -70,8 +80,8 @@ def test_trainable_parameters_match_reference(name):
         ("resnet18", [], 1.81),
         ("resnet34", [], 3.66),
         ("resnet50", ["BottleneckBlock.stride_on = '1x1'"], 3.86),
-        ("resnet101", ["BottleneckBlock.stride_on = '1x1'"], 7.57),
-        ("resnet152", ["BottleneckBlock.stride_on = '1x1'"], 11.28),
+        pytest.param("resnet101", ["BottleneckBlock.stride_on = '1x1'"], 7.57, marks=pytest.mark.slow),
+        pytest.param("resnet152", ["BottleneckBlock.stride_on = '1x1'"], 11.28, marks=pytest.mark.slow),
         # torchvision's ResNet-50 (stride on the 3x3 conv).
         ("resnet50", [], 4.09),
     ],

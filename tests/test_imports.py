@@ -49,6 +49,7 @@ print(type(model).__name__)
 """
 
 
+@pytest.mark.slow  # a new process per case
 def test_a_new_process_that_imports_resnet_loads_a_keras_file(tmp_path):
     """`import resnet` registers the classes with Keras: nothing else need be used first."""
     resnet.build("cifar/resnet20").save(tmp_path / "m.keras")

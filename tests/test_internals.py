@@ -131,6 +131,7 @@ def _report(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a new TensorFlow process
 def test_devices_initialized(fresh_process):
     with canary(
         "devices_initialized",
@@ -142,6 +143,7 @@ def test_devices_initialized(fresh_process):
         assert (report["before_an_op"], report["after_an_op"]) == (False, True), report
 
 
+@pytest.mark.slow  # a new TensorFlow process
 def test_configure_coordination_service(fresh_process):
     with canary(
         "configure_coordination_service",

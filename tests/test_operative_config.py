@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # Builds several configs in one process, in the order of its arguments, and prints the operative
 # config each recorded: two trainers as resnet-train builds them, and a standalone stage from gin
 # whose blocks (unlike the trainers', which their ResNet sets norm, activation, ...) are their own.
@@ -52,6 +54,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a new process per case
 def test_each_build_records_the_same_operative_config_whatever_ran_before_it_in_the_process():
     # Each config first and again later, so that each pair is built in both orders.
     order = ["stage", "demo", "grouped_bottleneck", "stage", "grouped_bottleneck", "demo"]

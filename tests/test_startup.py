@@ -83,6 +83,7 @@ def _changes(before: dict, after: dict) -> dict:
     return {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+@pytest.mark.slow  # a new process per case
 def test_importing_the_library_leaves_the_environment_and_stderr_alone(tmp_path):
     # What TensorFlow's own import changes (it sets a few variables, TF2_BEHAVIOR and the like).
     [start, loaded], _ = _probe(tmp_path, "reference.py", ["import tensorflow, keras"])

@@ -28,13 +28,39 @@ from exports import (
     write_owner,
 )
 from resnet.data.preprocessing import Preprocessing
-from resnet.export import placement
+from resnet.export import placement, serving
 from resnet.export.placement import check_output
 from resnet.export.serving import export_for_serving
 from resnet.storage import owners
 
 # Monkeypatches of `tf.io.gfile` hold whichever test exports first.
 pytestmark = pytest.mark.usefixtures("gfile_imported_as_keras_does")
+
+
+class QuickExporter:
+    """Stands in for what writes an export's files (`serving._Exporter`): where an export goes and
+    what it replaces does not depend on what is in it, and the real files (a SavedModel, checked
+    in TensorFlow) take seconds. tests/export/test_serving.py exports for real."""
+
+    def __init__(self, model, preprocessing, directory, *args):
+        self.directory = directory
+
+    def write(self, formats, quantize, calibration_images):
+        tf.io.gfile.makedirs(f"{self.directory}/saved_model/variables")
+        for name, text in (
+            ("saved_model/saved_model.pb", "graph"),
+            ("saved_model/variables/variables.index", "index"),
+            ("model.keras", "model"),
+            ("export.json", '{"files": {}}'),
+        ):
+            with tf.io.gfile.GFile(f"{self.directory}/{name}", "w") as f:
+                f.write(text)
+
+
+@pytest.fixture(autouse=True)
+def quick_exports(request, monkeypatch):
+    if "slow" not in request.keywords:  # the slow test runs real exports in other processes
+        monkeypatch.setattr(serving, "_Exporter", QuickExporter)
 
 
 def test_existing_export_is_kept_unless_overwriting(model, preprocessing, parent):

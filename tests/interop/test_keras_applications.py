@@ -82,6 +82,7 @@ def test_keras_skip_classifier_for_other_classes():
     )
 
 
+@pytest.mark.slow  # builds keras.applications' ResNet50
 def test_keras_negative_moving_variance_loads_nothing():
     source, _ = keras_application("keras_resnet50")
     norm = source.get_layer("conv3_block2_2_bn")

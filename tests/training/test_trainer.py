@@ -211,43 +211,39 @@ def truncate(prefix: str) -> None:
         f.truncate(os.path.getsize(data) // 2)
 
 
-def test_a_truncated_backup_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
-    trainer = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
-    trainer.train()
-    backup = trainer.run_dir.checkpoint_path("backup")
-    assert backup.endswith("backup-4")
+def test_a_truncated_backup_falls_back_to_the_newest_intact_checkpoint(two_epochs, tmp_path, capsys):
+    model_dir = copied_run(two_epochs, tmp_path)
+    backup = str(model_dir / "backup" / "backup-4")
+    assert RunDirectory(str(model_dir)).checkpoint_path("backup") == backup
     truncate(backup)
     capsys.readouterr()
-    gin.clear_config()
-    keras.backend.clear_session()
-    resumed = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
-    assert resumed.restore() == str(tmp_path / "checkpoints" / "epoch-2")
+    resumed = resumed_trainer(model_dir, "Trainer.epochs = 2")
+    assert resumed.restore() == str(model_dir / "checkpoints" / "epoch-2")
     assert int(resumed.epoch.numpy()) == 2 and int(resumed.step_in_epoch.numpy()) == 0
     warning = capsys.readouterr().err
     assert f"Warning: checkpoint {backup} (" in warning and "cannot be read; using " in warning
     # Evaluating the run takes the same fallback; with nothing intact, the error names every file.
     from resnet import cli
 
-    _, _, _, path = cli.restored_model(str(tmp_path), [], "backup")
+    _, _, _, path = cli.restored_model(str(model_dir), [], "backup")
     assert path.endswith("epoch-2")
     for prefix in resumed.run_dir.checkpoint_candidates("checkpoints"):
         truncate(prefix)
     with pytest.raises(ValueError, match="No checkpoint could be read.*backup-4.*epoch-2.*epoch-1"):
-        cli.restored_model(str(tmp_path), [], "backup")
+        cli.restored_model(str(model_dir), [], "backup")
     truncate(resumed.run_dir.checkpoint_path("best"))
     with pytest.raises(ValueError, match="No checkpoint could be read.*best"):
-        cli.restored_model(str(tmp_path), [], "best")
+        cli.restored_model(str(model_dir), [], "best")
 
 
-def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_checkpoint(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path, "Trainer.epochs = 2", "Trainer.backup_every_steps = 0")
-    trainer.train()
-    gin.clear_config()
-    keras.backend.clear_session()
-    metrics = tmp_path / "metrics.csv"
+def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_checkpoint(
+    two_epochs, tmp_path, monkeypatch
+):
+    model_dir = copied_run(two_epochs, tmp_path)
+    metrics = model_dir / "metrics.csv"
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join(lines[:2] + ["garbage,1,2"] + lines[2:]) + "\n")
-    resumed = make_trainer(tmp_path, "Trainer.epochs = 3", "Trainer.backup_every_steps = 0")
+    resumed = resumed_trainer(model_dir, "Trainer.epochs = 3", "Trainer.backup_every_steps = 0")
     with pytest.raises(ValueError, match=f"^{metrics} line 3: epoch 'garbage' is not a positive whole number"):
         resumed.train()
     assert resumed.run_dir.checkpoint_path("backup").endswith("backup-4")  # nothing trained
@@ -261,7 +257,7 @@ def test_a_damaged_metrics_file_is_refused_before_training_and_never_costs_a_che
     monkeypatch.setattr(MetricsLog, "write", failing_write)
     with pytest.raises(OSError, match="disk full"):
         resumed.train()
-    assert (tmp_path / "checkpoints" / "epoch-3.index").exists()
+    assert (model_dir / "checkpoints" / "epoch-3.index").exists()
 
 
 def test_a_batch_larger_than_the_data_is_named_as_such(tmp_path):
@@ -338,6 +334,7 @@ for bindings in (["ResNet.num_classes = 7"], ["ResNet.stage_blocks = (2, 2, 2)"]
 """
 
 
+@pytest.mark.slow  # a new process
 def test_a_failed_restore_is_one_error_not_a_flood_of_warnings(tmp_path):
     import subprocess
     import sys
@@ -467,10 +464,12 @@ def test_metrics_must_cover_the_finished_epochs(two_epochs, tmp_path):
     metrics = model_dir / "metrics.csv"
     lines = metrics.read_text().splitlines()
 
+    trainer = resumed_trainer(model_dir, "Trainer.epochs = 3")
+
     def refused(message):
         before = snapshot(model_dir)
         with pytest.raises(ValueError, match=message):
-            resumed_trainer(model_dir, "Trainer.epochs = 3").train(command=["again"])
+            trainer.train(command=["again"])
         assert snapshot(model_dir) == before  # nothing written
 
     metrics.write_text("\n".join(lines[:2]) + "\n")  # the row of epoch 2 lost
