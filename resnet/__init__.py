@@ -17,10 +17,11 @@ used, so that a binary's first line runs before TensorFlow is imported (see `res
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from resnet._startup import launched_as_binary, lazy_names
+from resnet._startup import launched_as_binary
 
 if TYPE_CHECKING:  # `__all__` as type checkers and editors see it; at run time `__getattr__` imports each
     from resnet.config import available_configs, available_experiments, build, config_path, parse  # noqa: F401
@@ -33,32 +34,7 @@ if TYPE_CHECKING:  # `__all__` as type checkers and editors see it; at run time 
 
 __version__ = "0.1.0"
 
-# `resnet.layers.__all__`, listed here so that naming them imports nothing (tests/test_imports.py
-# checks the two lists agree).
-_LAYER_NAMES = (
-    "AvgDownShortcut",
-    "BasicBlock",
-    "BatchNorm",
-    "BottleneckBlock",
-    "CifarStem",
-    "ClassicStem",
-    "Conv2D",
-    "DeepStem",
-    "DropPath",
-    "FrozenBatchNorm",
-    "GroupNorm",
-    "IdentityShortcut",
-    "LayerNorm",
-    "NoShortcut",
-    "ProjectionShortcut",
-    "ResidualBlock",
-    "Shortcut",
-    "SqueezeExcite",
-    "SyncBatchNorm",
-    "ZeroPadShortcut",
-)
-
-# Public name -> the module that defines it.
+# Public name -> the module that defines it; besides these, every name of `resnet.layers.__all__`.
 _MODULES = {
     "ResNet": "resnet.model",
     "ResidualStage": "resnet.stage",
@@ -70,13 +46,28 @@ _MODULES = {
     "fold_batch_norm": "resnet.fold",
     "parse": "resnet.config",
     "register": "resnet.registry",
-    **dict.fromkeys(_LAYER_NAMES, "resnet.layers"),
 }
 
-__all__ = list(_MODULES)
 
-__getattr__, __dir__ = lazy_names(globals(), _MODULES)
+def __getattr__(name: str) -> Any:
+    """Imports a public name (or `__all__`) where it is first used, and keeps it (PEP 562)."""
+    layers = None if name in _MODULES else importlib.import_module("resnet.layers")
+    if name == "__all__":
+        value = [*_MODULES, *layers.__all__]
+    elif layers is None:
+        value = getattr(importlib.import_module(_MODULES[name]), name)
+    elif name in layers.__all__:
+        value = getattr(layers, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__getattr__("__all__")})
+
 
 if not launched_as_binary(sys.argv, getattr(sys, "orig_argv", [])):
-    for _name in __all__:  # a library import: the whole API now, every class registered
+    for _name in __getattr__("__all__"):  # a library import: the whole API now, every class registered
         __getattr__(_name)

@@ -12,7 +12,7 @@ Each binary (`resnet/train.py`, `resnet/evaluate.py`, `resnet/export/__main__.py
 `quiet_binary_start()` on its first line. The packages imported before that line import nothing
 heavy then: `resnet.export` imports nothing, and `resnet` imports its public names eagerly only
 when the process is not one of our binaries (`launched_as_binary`), otherwise where they are
-first used (`lazy_names`). `quiet_binary_start` acts only in a process that is one of our
+first used. `quiet_binary_start` acts only in a process that is one of our
 binaries (`resnet-train`, `resnet-eval`, `resnet-export`, or `python -m resnet.train` and the
 like) run without absl's `--verbosity` / `-v` flag; a binary's module imported as a library, or
 a binary run with that flag, leaves TensorFlow to start as it always does. Importing the library
@@ -21,11 +21,8 @@ a binary run with that flag, leaves TensorFlow to start as it always does. Impor
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
 
 from resnet._stderr import captured_stderr
 
@@ -63,25 +60,3 @@ def quiet_binary_start() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with captured_stderr():  # written back only if the import fails
         import tensorflow  # noqa: F401  (imported here, with its start-up lines captured)
-
-
-def lazy_names(
-    namespace: dict[str, Any], modules: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """A package's `__getattr__` and `__dir__` (PEP 562) that import each public name on first use.
-
-    Args:
-        namespace: The package's `globals()`; a name, once imported, is kept there.
-        modules: Public name -> the module that defines it.
-    """
-
-    def __getattr__(name: str) -> Any:
-        if name not in modules:
-            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
-        namespace[name] = getattr(importlib.import_module(modules[name]), name)
-        return namespace[name]
-
-    def __dir__() -> list[str]:
-        return sorted({*namespace, *modules})
-
-    return __getattr__, __dir__

@@ -18,6 +18,14 @@ FAST = [
     "Trainer.backup_every_steps = 2",
     "InputPipeline.eval_batch_size = 120",
 ]
+# Three epochs of twelve steps with a backup every three: long enough to be interrupted mid-epoch.
+INTERRUPTIBLE = [
+    "Trainer.epochs = 3",
+    "Trainer.steps_per_epoch = 12",
+    "Trainer.batch_size = 64",
+    "Trainer.backup_every_steps = 3",
+    "InputPipeline.eval_batch_size = 360",
+]
 
 
 def command(program: str, *args: str, params=()) -> list[str]:

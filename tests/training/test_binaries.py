@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import binaries
-from binaries import ENV, FAST, metrics, run
+from binaries import ENV, FAST, INTERRUPTIBLE, metrics, run
 
 # Every test here starts the binaries as subprocesses.
 pytestmark = pytest.mark.slow
@@ -156,13 +156,7 @@ def test_default_model_dir_is_announced(tmp_path):
 
 def test_resume_after_kill_9_continues_mid_epoch(tmp_path):
     model_dir = tmp_path / "killed"
-    params = [
-        "Trainer.epochs = 3",
-        "Trainer.steps_per_epoch = 12",
-        "Trainer.batch_size = 64",
-        "Trainer.backup_every_steps = 3",
-        "InputPipeline.eval_batch_size = 360",
-    ]
+    params = INTERRUPTIBLE
     command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
@@ -299,13 +293,7 @@ def test_corrupt_image_is_named_by_the_training_binary(tmp_path):
 
 def test_ctrl_c_ends_training_with_one_line_naming_the_backup(tmp_path):
     model_dir = tmp_path / "interrupted"
-    params = [
-        "Trainer.epochs = 3",
-        "Trainer.steps_per_epoch = 12",
-        "Trainer.batch_size = 64",
-        "Trainer.backup_every_steps = 3",
-        "InputPipeline.eval_batch_size = 360",
-    ]
+    params = INTERRUPTIBLE
     command = binaries.command("resnet-train", f"--model_dir={model_dir}", params=params)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:

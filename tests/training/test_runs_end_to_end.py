@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from binaries import ENV, FAST, command, run
+from binaries import ENV, FAST, INTERRUPTIBLE, command, run
 
 # Every test here runs the binaries as subprocesses or trains a run end to end.
 pytestmark = pytest.mark.slow
@@ -77,13 +77,7 @@ def test_rerun_may_change_what_resuming_allows(finished, tmp_path):
 
 def test_second_run_on_a_held_directory_is_refused_and_a_dead_owner_is_replaced(tmp_path):
     model_dir = tmp_path / "held"
-    params = [
-        "Trainer.epochs = 3",
-        "Trainer.steps_per_epoch = 12",
-        "Trainer.batch_size = 64",
-        "Trainer.backup_every_steps = 3",
-        "InputPipeline.eval_batch_size = 360",
-    ]
+    params = INTERRUPTIBLE
     first = subprocess.Popen(
         command("resnet-train", f"--model_dir={model_dir}", params=params),
         stdout=subprocess.DEVNULL,
