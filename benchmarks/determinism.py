@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
 
-from report import machine, write_results
+from report import machine, spread, write_results
 
 flags.DEFINE_string("config", "cifar/resnet20", "A shipped model config name or a .gin file.")
 flags.DEFINE_integer("batch_size", 128, "Images per step.")
@@ -100,11 +99,7 @@ def main(argv):
         "machine": machine(tensorflow=tf.__version__),
     }
     for setting, values in rates.items():
-        results[setting] = {
-            "images_per_second": round(statistics.median(values), 2),
-            "min": round(min(values), 2),
-            "max": round(max(values), 2),
-        }
+        results[setting] = spread(values, "images_per_second", 2)
     results["deterministic_vs_default"] = round(
         results["deterministic"]["images_per_second"] / results["default"]["images_per_second"], 3
     )

@@ -12,7 +12,6 @@ between the two, relative to the largest output, is reported beside.
 
 from __future__ import annotations
 
-import statistics
 import time
 from importlib.metadata import version
 
@@ -22,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import resnet
-from report import machine, write_results
+from report import machine, spread, write_results
 
 flags.DEFINE_string("config", "resnet50", "A shipped config name or a .gin file.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Dtype policies to measure.")
@@ -60,14 +59,7 @@ def measure(precision: str) -> dict:
                 for _ in range(FLAGS.steps):
                     forward(images).numpy()
                 rates[name].append(batch * FLAGS.steps / (time.perf_counter() - start))
-        entry = {
-            name: {
-                "images_per_second": round(statistics.median(r), 2),
-                "min": round(min(r), 2),
-                "max": round(max(r), 2),
-            }
-            for name, r in rates.items()
-        }
+        entry = {name: spread(r, "images_per_second", 2) for name, r in rates.items()}
         entry["speedup"] = round(entry["folded"]["images_per_second"] / entry["unfolded"]["images_per_second"], 3)
         entry["max_relative_difference"] = difference
         print(

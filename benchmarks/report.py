@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import statistics
 import subprocess
 
 
@@ -27,3 +28,12 @@ def write_results(results: dict, path: str | None) -> None:
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
     print(json.dumps(results))
+
+
+def spread(values, unit: str, digits: int) -> dict:
+    """The median, min and max of repeated measurements, keyed `median_<unit>` (or `<unit>`), `min`, `max`."""
+    return {
+        unit: round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }

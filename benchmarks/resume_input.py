@@ -31,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from report import machine, write_results
+from report import machine, spread, write_results
 
 flags.DEFINE_integer("images", 3000, "JPEG images written to the TFRecord shards.")
 flags.DEFINE_integer("shards", 8, "Shards to write.")
@@ -102,7 +102,7 @@ def seconds_to_first_batch(make_batches) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"seconds": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
+    return spread(values, "seconds", 4)
 
 
 def measure_resume(make_pipeline, steps: int, resume_step: int) -> dict:

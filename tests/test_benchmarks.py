@@ -286,8 +286,8 @@ def test_profile_step_reports_op_parts_and_onednn_kernels(tmp_path):
 @pytest.mark.slow
 def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
-    result = run_script(
-        "scaling.py",
+    # One point of batch 1 at 32x32, timed once.
+    tiny = [
         "--precisions=float32",
         "--batch_sizes=1",
         "--image_sizes=32",
@@ -296,10 +296,9 @@ def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
         "--min_seconds=0",
         "--min_steps=1",
         "--warmup=0",
-        "--config=resnet18",
         f"--json={out}",
-        f"--plot={png}",
-    )
+    ]
+    result = run_script("scaling.py", *tiny, "--config=resnet18", f"--plot={png}")
     results = json.loads(out.read_text())
     assert [(p["mode"], p["batch_size"], p["image_size"]) for p in results["points"]] == [
         ("inference", 1, 32),
@@ -315,19 +314,6 @@ def test_scaling_measures_both_models_per_point_and_records_failures(tmp_path):
 
     # A point that fails is recorded with its error; the other model's is still measured.
     missing = tmp_path / "missing.gin"
-    run_script(
-        "scaling.py",
-        "--modes=inference",
-        "--precisions=float32",
-        "--batch_sizes=1",
-        "--image_sizes=32",
-        "--image_size=32",
-        "--batch_size=1",
-        "--min_seconds=0",
-        "--min_steps=1",
-        "--warmup=0",
-        f"--config={missing}",
-        f"--json={out}",
-    )
+    run_script("scaling.py", *tiny, "--modes=inference", f"--config={missing}")
     point = json.loads(out.read_text())["points"][0]
     assert "missing.gin" in point["ours"]["error"] and point["keras"]["images_per_second"] > 0
