@@ -72,9 +72,19 @@ class BatchNorm(ArgsConfigMixin, keras.layers.BatchNormalization):
             and len(inputs.shape) == 4
             and training in (None, True, False)
         )
-        if not fusable:
-            return super().call(inputs, training=training, mask=mask)
-        return _fused_batch_norm(self, inputs, bool(training) and self.trainable)
+        if fusable:
+            return _fused_batch_norm(self, inputs, bool(training) and self.trainable)
+        synchronized_training = (
+            keras.backend.backend() == "tensorflow"
+            and self.synchronized
+            and mask is None
+            and bool(training)
+            and self.trainable
+            and not self.renorm
+        )
+        if synchronized_training:
+            return _synchronized_batch_norm(self, inputs)
+        return super().call(inputs, training=training, mask=mask)
 
 
 @register("norm", "sync_batch")
@@ -187,6 +197,46 @@ class LayerNorm(ArgsConfigMixin, keras.layers.LayerNormalization):
             dtype=dtype,
             trainable=trainable,
         )
+
+
+def _synchronized_batch_norm(layer: BatchNorm, inputs):
+    """Batch norm in training with statistics over all replicas, updating the moving statistics
+    as `keras.layers.BatchNormalization` does, computed so that the result does not depend on
+    how the batch is split between replicas, to float rounding.
+
+    Keras' synchronized batch norm takes the variance as E[x^2] - E[x]^2 and normalizes as
+    `x * inv + (beta - mean * inv)`: both lose most of their digits, and their gradients more,
+    when the mean is large against the spread, so that the training differs by percents
+    between one device and two replicas of the same global batch. Here the mean is reduced
+    first, then the squared deviations from it (two all-reduces per layer instead of Keras'
+    three), and the inputs are centred before they are scaled, as a one-device
+    `tf.nn.moments` and `FusedBatchNormV3` do.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    x = tf.cast(inputs, tf.float32)  # statistics and normalization in float32, as Keras does for float16
+    axes = list(range(len(x.shape) - 1))
+    if context is None:  # a cross-replica context: no replica to synchronize with
+        mean, variance = tf.nn.moments(x, axes)
+    else:
+        sums = tf.reduce_sum(x, axis=axes)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        totals = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([sums, count[None]], 0))
+        count = tf.maximum(totals[-1], 1.0)
+        mean = totals[:-1] / count
+        # The mean's gradient through the deviations is zero (they sum to zero over all
+        # replicas), as in tf.nn.moments.
+        deviations = tf.reduce_sum(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=axes)
+        variance = context.all_reduce(tf.distribute.ReduceOp.SUM, deviations) / count
+    momentum = layer.momentum
+    layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
+    layer.moving_variance.assign(
+        layer.moving_variance * momentum + tf.cast(variance, layer.moving_variance.dtype) * (1.0 - momentum)
+    )
+    scale = tf.math.rsqrt(variance + layer.epsilon) * tf.cast(layer.gamma, tf.float32)
+    outputs = (x - mean) * scale + tf.cast(layer.beta, tf.float32)
+    return tf.cast(outputs, layer.compute_dtype)
 
 
 def _fused_batch_norm(layer: BatchNorm, inputs, training: bool):

@@ -41,7 +41,50 @@ def replicated(norm_class):
 
 sync, sync_out = replicated(resnet.SyncBatchNorm)
 local, local_out = replicated(resnet.BatchNorm)
+
+# Activations whose mean is large against their spread (as after a convolution of images with
+# a flat background): the outputs and the gradients, w.r.t. the inputs and the affine weights,
+# of two replicas of 4 must be those of one device of 8.
+shifted = (x / 3.0 + 100.0).astype("float32")
+upstream = np.random.default_rng(1).normal(size=x.shape).astype("float32")
+
+def one_device():
+    norm = resnet.BatchNorm(momentum=0.5)
+    norm.build(x.shape)
+    inputs = tf.constant(shifted)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        out = norm(inputs, training=True)
+        loss = tf.reduce_sum(out * upstream)
+    return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, [inputs, norm.gamma, norm.beta])]
+
+def two_replicas(norm_class):
+    with strategy.scope():
+        norm = norm_class(momentum=0.5)
+        norm.build(x.shape)
+    half = lambda array, ctx: array[4 * ctx.replica_id_in_sync_group: 4 * (ctx.replica_id_in_sync_group + 1)]
+    inputs = strategy.experimental_distribute_values_from_function(lambda ctx: half(shifted, ctx))
+    weights = strategy.experimental_distribute_values_from_function(lambda ctx: half(upstream, ctx))
+
+    def replica(inputs, weights):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = norm(inputs, training=True)
+            loss = tf.reduce_sum(out * weights)
+        return (out, *tape.gradient(loss, [inputs, norm.gamma, norm.beta]))
+
+    results = tf.function(lambda a, b: strategy.run(replica, args=(a, b)))(inputs, weights)
+    local = [strategy.experimental_local_results(r) for r in results]
+    concatenated = [np.concatenate([t.numpy() for t in r]) for r in local[:2]]
+    return concatenated + [sum(t.numpy() for t in r) for r in local[2:]]
+
+def relative_errors(got, want):
+    return [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want)]
+
+expected_shifted = one_device()
+shifted_errors = relative_errors(two_replicas(resnet.SyncBatchNorm), expected_shifted)
 print(json.dumps({
+    "shifted_errors": shifted_errors,
     "replicas": strategy.num_replicas_in_sync,
     "sync_output_error": float(np.abs(sync_out - expected).max()),
     "sync_mean_error": float(np.abs(sync.moving_mean.numpy() - reference.moving_mean.numpy()).max()),
@@ -61,6 +104,9 @@ def test_sync_batch_norm_matches_single_device_statistics():
     assert report["sync_mean_error"] < 1e-5 and report["sync_variance_error"] < 1e-4
     # Without synchronization each replica normalizes with its own half: visibly different.
     assert report["local_output_error"] > 1e-2
+    # The output, and the gradients w.r.t. the inputs, gamma and beta, with a mean 100 times
+    # the spread, to float rounding (Keras' E[x^2] - E[x]^2 gives errors of percents here).
+    assert max(report["shifted_errors"]) < 1e-4, report["shifted_errors"]
 
 
 STATISTICS_SCRIPT = r"""
