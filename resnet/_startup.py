@@ -26,7 +26,12 @@ import sys
 
 from resnet._stderr import captured_stderr
 
-BINARIES = {"resnet-train": "train", "resnet-eval": "evaluate", "resnet-export": "export"}
+BINARIES = {
+    "resnet-train": "train",
+    "resnet-eval": "evaluate",
+    "resnet-export": "export",
+    "resnet-prepare": "prepare",
+}
 """Our binaries: console script name -> module under `resnet`."""
 
 

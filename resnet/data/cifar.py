@@ -11,7 +11,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from resnet.data.base import DataError, _check_directory
+from resnet.data.base import DataError, _check_directory, _check_split
 from resnet.data.in_memory import _ArraySource
 
 
@@ -51,23 +51,36 @@ class _ArrayUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_cifar_batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one CIFAR python batch into images uint8 [N, 32, 32, 3] and labels int32 [N]."""
+def _load_pickled_dict(path: str, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Reads a CIFAR python file (a pickled dict) with the safe unpickler; keys become `str`.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages ("CIFAR batch").
+        keys: Keys the dict must have.
+    """
     try:
         with tf.io.gfile.GFile(path, "rb") as file:
-            batch = _ArrayUnpickler(file, path).load()
+            content = _ArrayUnpickler(file, path).load()
     except DataError:
         raise
     except tf.errors.OpError as error:  # e.g. no permission to read it
         raise DataError(f"{path}: cannot be read: {error.message}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise DataError(f"{path}: not a readable CIFAR batch (a pickled dict), or truncated: {error}") from None
-    if not isinstance(batch, dict):
-        raise DataError(f"{path}: expected a pickled dict with 'data' and '{label_key}'; found {type(batch).__name__}.")
-    batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
-    missing = [key for key in ("data", label_key) if key not in batch]
+        raise DataError(f"{path}: not a readable {what} (a pickled dict), or truncated: {error}") from None
+    expected = " and ".join(f"'{key}'" for key in keys)
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: expected a pickled dict with {expected}; found {type(content).__name__}.")
+    content = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
+    missing = [key for key in keys if key not in content]
     if missing:
-        raise DataError(f"{path}: missing key(s) {missing}; the batch has {sorted(map(str, batch))}.")
+        raise DataError(f"{path}: missing key(s) {missing}; the {what} has {sorted(map(str, content))}.")
+    return content
+
+
+def _load_cifar_batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one CIFAR python batch into images uint8 [N, 32, 32, 3] and labels int32 [N]."""
+    batch = _load_pickled_dict(path, "CIFAR batch", ("data", label_key))
     data = batch["data"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
@@ -100,7 +113,8 @@ class CifarData(_ArraySource):
     pickled dict whose `data` is a uint8 array (N, 3072), rows of 3x32x32 pixels in channel-major
     order. Files are read with an unpickler that only rebuilds numpy arrays (a file that names
     any other global is refused, never run), and checked for shape and label range when a split is
-    first used. The directory layout is checked at construction.
+    first used. The directory layout is checked at construction. The class names, where wanted
+    (`read_class_names`), come from `batches.meta` (CIFAR-10) or `meta` (CIFAR-100).
 
     Args:
         data_dir: The directory holding the batch files.
@@ -117,6 +131,8 @@ class CifarData(_ArraySource):
         10: ({"train": [f"data_batch_{i}" for i in range(1, 6)], "eval": ["test_batch"]}, "labels"),
         100: ({"train": ["train"], "eval": ["test"]}, "fine_labels"),
     }
+    # The file naming the classes, and its key: CIFAR-100's `meta` also has 'coarse_label_names'.
+    _META = {10: ("batches.meta", "label_names"), 100: ("meta", "fine_label_names")}
 
     def __init__(self, data_dir: str, num_classes: int = 10):
         if num_classes not in self._LAYOUTS:
@@ -156,8 +172,49 @@ class CifarData(_ArraySource):
                 hint += f" Did you mean {self._path(folder)!r}?"
         return hint
 
+    def batches(self, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The batch files of `split` ('train' or 'eval'), each read and checked, in the order of
+        `examples(split)`: `(file name, images uint8 [N, 32, 32, 3], labels int32 [N])`.
+
+        Example:
+
+        >>> source = CifarData("/data/cifar-10-batches-py")                    # doctest: +SKIP
+        >>> [(name, len(labels)) for name, _, labels in source.batches("eval")]  # doctest: +SKIP
+        [('test_batch', 10000)]
+        """
+        return [
+            (name, *_load_cifar_batch(self._path(name), self._label_key, self.num_classes))
+            for name in self._files[_check_split(split)]
+        ]
+
+    def read_class_names(self) -> list[str] | None:
+        """The class names in the directory's meta file (`batches.meta` for CIFAR-10, the fine label
+        names of `meta` for CIFAR-100), `names[label]` naming a label; None without that file.
+
+        Raises:
+            DataError: The meta file cannot be read, or does not hold `num_classes` names.
+
+        Example:
+
+        >>> CifarData("/data/cifar-10-batches-py").read_class_names()[:3]   # doctest: +SKIP
+        ['airplane', 'automobile', 'bird']
+        """
+        filename, key = self._META[self.num_classes]
+        path = self._path(filename)
+        if not tf.io.gfile.exists(path):
+            return None
+        names = _load_pickled_dict(path, "CIFAR meta file", (key,))[key]
+        if not (
+            isinstance(names, list)
+            and len(names) == self.num_classes
+            and all(isinstance(n, (bytes, str)) for n in names)
+        ):
+            found = f"{len(names)} items" if isinstance(names, list) else type(names).__name__
+            raise DataError(f"{path}: '{key}' must be a list of {self.num_classes} class names; found {found}.")
+        return [name.decode("utf-8", errors="replace") if isinstance(name, bytes) else name for name in names]
+
     def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._loaded:
-            batches = [_load_cifar_batch(self._path(f), self._label_key, self.num_classes) for f in self._files[split]]
-            self._loaded[split] = tuple(np.concatenate(parts) for parts in zip(*batches, strict=True))
+            parts = [(images, labels) for _, images, labels in self.batches(split)]
+            self._loaded[split] = tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         return self._loaded[split]
