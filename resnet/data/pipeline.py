@@ -12,6 +12,8 @@ from resnet.data.base import DataSource
 from resnet.data.preprocessing import Preprocessing
 from resnet.validation import check_int
 
+SHARD_BY = ("batches", "files")
+"""How the workers of a multi-worker run divide the training input (`InputPipeline.shard_by`)."""
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -46,6 +48,11 @@ class InputPipeline:
         cache: Keep decoded images in memory after the first pass.
         shuffle_buffer: Size of the shuffle buffer, in records (images when cached).
         eval_batch_size: Evaluation batch size (defaults to `batch_size`).
+        shard_by: How the workers of a multi-worker run divide the training input (see `train`):
+            "batches" (the default: each keeps its part of every global batch, which is the same
+            for any number of workers) or "files" (each reads only its share of the shards of a
+            `TFRecordData` source: about 1/N of the bytes, but the batches then depend on the
+            number of workers, and a run resumes only on the same number).
 
     Example:
 
@@ -69,6 +76,7 @@ class InputPipeline:
         cache: bool = True,
         shuffle_buffer: int = 10_000,
         eval_batch_size: int | None = None,
+        shard_by: str = "batches",
     ):
         if not isinstance(source, DataSource):
             raise ValueError(f"`source` must be a DataSource such as DigitsData(); received {source!r}.")
@@ -85,21 +93,33 @@ class InputPipeline:
         self.seed = check_int("seed", seed, minimum=0)
         self.shuffle_buffer = check_int("InputPipeline.shuffle_buffer", shuffle_buffer)
         self.cache = cache
+        if shard_by not in SHARD_BY:
+            raise ValueError(f"`InputPipeline.shard_by` must be one of {SHARD_BY}; received {shard_by!r}.")
+        self.shard_by = shard_by
         # Each split is prepared when first used: evaluating (resnet-eval, resnet-export) never
         # touches the training split, which may be large (CIFAR loads it whole, TFRecord stats
         # every shard).
         self._train: tf.data.Dataset | None = None
         self._eval: tf.data.Dataset | None = None
         self._split_count: int | None = None  # the split's size, once known (see `_split_size`)
+        self._eval_count: int | None = None  # the evaluation split's size, once known (see `_eval_size`)
 
     def steps_per_epoch(self) -> int | None:
         """Full training batches in one pass over the training split (None if unknown)."""
         count = self.source.num_examples("train")
         return None if count is None else count // self.batch_size
 
-    def train(self, epoch: int, skip_steps: int = 0, steps: int | None = None, epochs: int = 1) -> tf.data.Dataset:
+    def train(
+        self,
+        epoch: int,
+        skip_steps: int = 0,
+        steps: int | None = None,
+        epochs: int = 1,
+        context: tf.distribute.InputContext | None = None,
+    ) -> tf.data.Dataset:
         """The batches of training epochs `epoch` to `epoch + epochs - 1`, after the first
-        `skip_steps` batches of the first.
+        `skip_steps` batches of the first: global batches, or with `context` one input
+        pipeline's part of them (see "Workers" below).
 
         Training reads one stream: passes over the training split, pass `p` shuffled in an order
         fixed by `(seed, p)`. Without `steps` an epoch is one pass (epoch `e` is pass `e`), less
@@ -116,16 +136,43 @@ class InputPipeline:
                 one image.
             steps: Batches per epoch, when an epoch is not one pass over the data.
             epochs: Consecutive epochs to deliver.
+            context: The input pipeline this dataset feeds, as
+                `tf.distribute.Strategy.distribute_datasets_from_function` gives it; None for
+                one pipeline feeding one replica.
 
         Where an epoch starts inside the stream depends on the size of the split; a source that
         cannot tell it (`TFRecordData`) has its records counted once (a read of every record,
         without decoding when not cached; cached, the count fills the cache) when that is
         needed: to resume, or to start at a later epoch, with `steps`, or for several epochs
         without `steps`.
+
+        Workers: the stream of global batches is the same whatever reads it. With `context`,
+        pipeline `i` of `W` (one per worker) keeps, of each global batch of `batch_size` records,
+        the `i`-th stretch of `batch_size / W` before decoding anything, decodes and augments
+        only those (each with the random numbers of its place in the global stream), and
+        delivers them as the per-replica batches of its worker's replicas, in order. So every
+        worker decodes `1/W` of the images (cached: the cache is filled with the whole split
+        once, then augments `1/W`), yet global step `k` trains on the same images, augmented
+        the same way, whatever the number of workers and replicas: a run may resume on another
+        number of workers. Every worker still reads every undecoded record to find its own.
+        With several pipelines, a source that drops unreadable records (`skip_corrupt`) is
+        refused unless `cache` is on: a dropped record would leave the workers' parts of a batch
+        unequal.
+
+        With `shard_by="files"` and several pipelines, pipeline `i` of `W` instead reads only
+        the shards `i`, `i + W`, ... of the training split (a `TFRecordData` with at least `W`
+        shards) and makes its own stream of them as a one-pipeline run would, seeded by `seed`
+        and `i`, in batches of `batch_size / W`: each worker reads about `1/W` of the record
+        bytes, but which images meet in a global batch depends on `W`. Every pipeline gives
+        `steps` batches per epoch (by default the split's records over `batch_size`), passing
+        over its own shards as often as that takes.
         """
         check_int("epoch", epoch, minimum=0)
         check_int("skip_steps", skip_steps, minimum=0)
         check_int("epochs", epochs)
+        split = _Split.of(context, self.batch_size, "batch_size")
+        if self.shard_by == "files" and split.pipelines > 1:
+            return self._train_on_own_files(split, epoch, skip_steps, steps, epochs)
         self._training_records()
         if steps is not None:
             check_int("steps", steps)
@@ -150,19 +197,72 @@ class InputPipeline:
             .flat_map(lambda index: self._pass(index, pass_length))
             .skip(offset)
         )
+        total = None if epoch_length is None else epochs * epoch_length - skip_steps * batch
+        if split.pipelines > 1:
+            self._check_no_drops()
+            if total is not None:
+                ordered = ordered.take(total)  # in undecoded records: none is dropped (checked above)
+            ordered = split.keep(ordered)
         examples = ordered if self.cache else self.source.decode(ordered, "train")
-        if epoch_length is not None:
-            examples = examples.take(epochs * epoch_length - skip_steps * batch)
-        augmented = examples.enumerate(start=skip_steps * batch).map(
-            lambda position, example: self._augment(epoch, epoch_length, position, example),
+        if total is not None and split.pipelines == 1:
+            examples = examples.take(total)  # after decoding: a dropped record's place is taken by the next
+        start = skip_steps * batch
+        augmented = examples.enumerate().map(
+            lambda n, example: self._augment(epoch, epoch_length, start + split.position(n), example),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
-        # Every worker of a multi-worker run reads the same stream and keeps its part of each
-        # batch: the order, the augmentation and a resume's skip are those of the global batches.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return augmented.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(options)
+        return augmented.batch(split.per_replica, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def _train_on_own_files(self, split: _Split, epoch: int, skip_steps: int, steps: int | None, epochs: int):
+        """The batches of `train` for pipeline `split.index` with `shard_by="files"`: the stream
+        of its own shards, as one pipeline over them would make it."""
+        shards = getattr(self.source, "train_shards", None)
+        if shards is None:
+            raise ValueError(
+                f"`InputPipeline.shard_by`='files' divides the shard files of a TFRecordData source between the "
+                f"workers; {type(self.source).__name__} has none. Use shard_by='batches', or prepare TFRecord "
+                "shards with resnet-prepare."
+            )
+        files = shards()
+        if len(files) < split.pipelines:
+            raise ValueError(
+                f"`InputPipeline.shard_by`='files' needs at least one training shard per worker: the split has "
+                f"{len(files)} and the run {split.pipelines} workers. Use shard_by='batches', or write more shards "
+                f"(resnet-prepare --shards={split.pipelines * 8}, say)."
+            )
+        if steps is None:
+            steps = self._steps_of_whole_split()
+        own = InputPipeline(
+            self.source.with_train_shards(files[split.index :: split.pipelines]),
+            self.preprocessing,
+            batch_size=split.per_pipeline,
+            seed=self.seed * 1_009 + split.index,
+            cache=self.cache,
+            shuffle_buffer=self.shuffle_buffer,
+        )
+        batches = own.train(epoch, skip_steps=skip_steps, steps=steps, epochs=epochs)
+        if split.per_replica == split.per_pipeline:
+            return batches
+        return batches.unbatch().batch(split.per_replica, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def _steps_of_whole_split(self) -> int:
+        """Full global batches in the training split (its records counted once if need be)."""
+        count = self.source.num_examples("train")
+        if count is None:
+            count = _count(self.source.records("train"))
+        if count < self.batch_size:
+            raise ValueError(f"The training split has {count} records, fewer than one batch of {self.batch_size}.")
+        return count // self.batch_size
+
+    def _check_no_drops(self) -> None:
+        if getattr(self.source, "skip_corrupt", False) and not self.cache:
+            raise ValueError(
+                f"{type(self.source).__name__}.skip_corrupt drops unreadable records, which would leave the "
+                "workers' parts of a global batch unequal: with several workers, bind `InputPipeline.cache = True` "
+                "(the cache is filled, and corrupt records dropped, the same way on every worker), or prepare "
+                "shards without them (resnet-prepare --skip_corrupt)."
+            )
 
     def _training_records(self) -> tf.data.Dataset:
         """The training split as training reads it: cached decoded images, or the undecoded
@@ -207,17 +307,42 @@ class InputPipeline:
                 "where the epoch starts in the stream of passes over them (once per process)...",
                 flush=True,
             )
-            records = self._training_records()
-            self._split_count = int(records.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
+            self._split_count = _count(self._training_records())
         return self._split_count
 
-    def eval(self) -> tf.data.Dataset:
-        """Every example of the evaluation split once, in order, in batches."""
-        if self._eval is None:
-            evaluation = self.source.examples("eval")
-            self._eval = evaluation.cache() if self.cache else evaluation
-        batches = self._eval.map(self._eval_map, num_parallel_calls=AUTOTUNE).batch(self.eval_batch_size)
-        return batches.prefetch(AUTOTUNE)
+    def eval(self, context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        """Every example of the evaluation split once, in order, in batches of `eval_batch_size`,
+        or with `context` one input pipeline's part of them.
+
+        With several pipelines or replicas, pipeline `i` of `W` decodes only the `i`-th stretch
+        of each batch (as `train` does) and every replica gets a batch at every step: the last,
+        partial batch is filled up with padding examples, whose label is -1 (the evaluation step
+        leaves them out of every sum), so the sums over all replicas are those of one device.
+        The size of the split is then needed (counted once if the source cannot tell it).
+        """
+        split = _Split.of(context, self.eval_batch_size, "InputPipeline.eval_batch_size")
+        if split.replicas == 1:
+            if self._eval is None:
+                evaluation = self.source.examples("eval")
+                self._eval = evaluation.cache() if self.cache else evaluation
+            return (
+                self._eval.map(self._eval_map, num_parallel_calls=AUTOTUNE).batch(split.per_replica).prefetch(AUTOTUNE)
+            )
+        steps = -(-self._eval_size() // self.eval_batch_size)
+        examples = self.source.decode(split.keep(self.source.records("eval")), "eval")
+        examples = (examples.cache() if self.cache else examples).map(self._eval_map, num_parallel_calls=AUTOTUNE)
+        size = self.preprocessing.image_size
+        padding = tf.data.Dataset.from_tensors((tf.zeros([size, size, 3], tf.float32), tf.constant(-1, tf.int32)))
+        padded = examples.concatenate(padding.repeat()).take(steps * split.per_pipeline)
+        return padded.batch(split.per_replica).prefetch(AUTOTUNE)
+
+    def _eval_size(self) -> int:
+        """The number of evaluation examples (counted once, undecoded, if the source cannot tell it)."""
+        if self._eval_count is None:
+            self._eval_count = self.source.num_examples("eval")
+        if self._eval_count is None:
+            self._eval_count = _count(self.source.records("eval"))
+        return self._eval_count
 
     def _eval_map(self, image, label):
         return self.preprocessing.eval(image), label
@@ -239,3 +364,46 @@ def _without_graph_seed() -> Iterator[None]:
         yield
     finally:
         graph.seed = previous
+
+
+def _count(dataset: tf.data.Dataset) -> int:
+    """The number of elements of `dataset`, by a pass over it."""
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
+
+
+class _Split:
+    """How one input pipeline's part of a stream of global batches is cut out of it.
+
+    Of each global batch of `batch` elements, pipeline `index` of `pipelines` keeps the
+    `index`-th consecutive stretch of `per_pipeline = batch / pipelines` elements, and its
+    worker's `replicas` take consecutive `per_replica` parts of that stretch.
+    """
+
+    def __init__(self, batch: int, pipelines: int, index: int, replicas: int):
+        self.batch, self.pipelines, self.index, self.replicas = batch, pipelines, index, replicas
+        self.per_pipeline = batch // pipelines
+        self.per_replica = batch // replicas
+
+    @classmethod
+    def of(cls, context: tf.distribute.InputContext | None, batch: int, argument: str) -> _Split:
+        """The split for `context` (None: one pipeline, one replica) of global batches of `batch`."""
+        if context is None:
+            return cls(batch, 1, 0, 1)
+        replicas = context.num_replicas_in_sync
+        if batch % replicas:
+            raise ValueError(f"`{argument}`={batch} (global) must be a multiple of the {replicas} replicas.")
+        return cls(batch, context.num_input_pipelines, context.input_pipeline_id, replicas)
+
+    def keep(self, elements: tf.data.Dataset) -> tf.data.Dataset:
+        """This pipeline's stretches of `elements` (counted from the start of a global batch)."""
+        if self.pipelines == 1:
+            return elements
+        batch, per_pipeline, index = self.batch, self.per_pipeline, self.index
+        kept = elements.enumerate().filter(lambda n, element: (n % batch) // per_pipeline == index)
+        return kept.map(lambda n, element: element)
+
+    def position(self, n: tf.Tensor) -> tf.Tensor:
+        """The place in the global stream of this pipeline's `n`-th element."""
+        if self.pipelines == 1:
+            return n
+        return (n // self.per_pipeline) * self.batch + self.index * self.per_pipeline + n % self.per_pipeline

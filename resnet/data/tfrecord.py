@@ -27,6 +27,7 @@ temporary shards) or `resnet-prepare`'s `.manifest.json` / `.progress.json` file
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import json
 import os
@@ -311,6 +312,37 @@ class TFRecordData(_EncodedImageSource):
             if known is not None:
                 return known.class_names[self.label_offset :] if self.label_offset >= 0 else None
         return None
+
+    def train_shards(self) -> list[str]:
+        """The training split's shard files, sorted: what `InputPipeline.shard_by = 'files'`
+        divides between the workers."""
+        return list(self._files["train"])
+
+    def with_train_shards(self, files: Sequence[str]) -> TFRecordData:
+        """This source with only `files`, some of `train_shards()`, as its training split (the
+        evaluation split, the checks and what the manifests say of those shards are kept).
+
+        Example:
+
+        >>> source = TFRecordData("/data/shards/train-*", "/data/shards/eval-*", num_classes=5)  # doctest: +SKIP
+        >>> worker_1_of_4 = source.with_train_shards(source.train_shards()[1::4])               # doctest: +SKIP
+        """
+        unknown = sorted(set(map(str, files)) - set(self._files["train"]))
+        if unknown or not files:
+            raise ValueError(
+                f"`files` must be some of the training shards (`train_shards()`); received {listing(unknown)}."
+                if unknown
+                else "`files` must name at least one training shard."
+            )
+        subset = copy.copy(self)
+        subset._files = {**self._files, "train": sorted(map(str, files))}
+        subset._sizes = {split: sizes for split, sizes in self._sizes.items() if split != "train"}
+        subset._trusted = {split: known for split, known in self._trusted.items() if split != "train"}
+        known = self._listings["train"]
+        if known is not None:
+            known = _Listing({path: known.shards[path] for path in subset._files["train"]}, known.class_names)
+        subset._listings = {**self._listings, "train": known}
+        return subset
 
     def _num_examples(self, split: str) -> int | None:
         known = self._trusted_listing(split)

@@ -17,11 +17,10 @@ of hanging, and leaves the restart to the scheduler:
   `CLUSTER_ERROR_EXIT_CODE`;
 * SIGTERM (a preemption notice) to any worker becomes, through `StopSignal`, a stop that every
   worker agrees on at the same step: each saves its backup there and exits with
-  `PREEMPTED_EXIT_CODE`. Restarting every worker with the same command resumes the run.
+  `PREEMPTED_EXIT_CODE`. Restarting the workers with the same command resumes the run.
 
-The module keeps one piece of process state, the record of what `setup` set up: TensorFlow fixes
-a process's devices when it runs its first op, so `setup` must know what it chose to return the
-same strategy again, or to refuse other settings clearly.
+It keeps one piece of process state, what `setup` set up (TensorFlow fixes the devices at the
+first op, so `setup` must know what it chose, to return it again or refuse other settings).
 """
 
 from __future__ import annotations
@@ -61,8 +60,7 @@ _CLUSTER_ERRORS = (
     tf.errors.FailedPreconditionError,
 )
 _PEER_PROBE_TIMEOUT = 2.0  # seconds
-# The attribute of a strategy that keeps `agree`'s traced function for it.
-_GATHER_ATTRIBUTE = "resnet_gather"
+_GATHER_ATTRIBUTE = "resnet_gather"  # the attribute of a strategy that keeps `agree`'s traced function
 
 
 class _Devices(NamedTuple):
@@ -274,6 +272,11 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """Whether `strategy` spans several worker processes (a cluster in `TF_CONFIG`)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver is not None and bool(resolver.task_type)
+
+
+def workers(strategy: tf.distribute.Strategy) -> int:
+    """The worker processes (chief included) that `strategy` trains on: 1 without a cluster."""
+    return len(_tasks(strategy.cluster_resolver.cluster_spec())) if is_multi_worker(strategy) else 1
 
 
 def cluster_error(error: BaseException, strategy: tf.distribute.Strategy) -> ClusterError | None:

@@ -92,18 +92,19 @@ class EpochLoop:
         row: dict[str, float] = {}
         try:
             with distribution.StopSignal(trainer.strategy) as stop:
-                # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on
-                # where the last one stopped, without skipping to it again (see InputPipeline.train).
-                stream = iter(
-                    trainer.strategy.experimental_distribute_dataset(
-                        trainer.pipeline.train(
-                            start_epoch,
-                            skip_steps=skip,
-                            steps=trainer.steps_per_epoch,
-                            epochs=trainer.epochs - start_epoch,
-                        )
+                # One stream for all the epochs left: an epoch of `steps_per_epoch` goes on where
+                # the last one stopped, without skipping to it again; each worker decodes only its
+                # part of each global batch (see InputPipeline.train).
+                def dataset(context: tf.distribute.InputContext, skip: int = skip) -> tf.data.Dataset:
+                    return trainer.pipeline.train(
+                        start_epoch,
+                        skip_steps=skip,
+                        steps=trainer.steps_per_epoch,
+                        epochs=trainer.epochs - start_epoch,
+                        context=context,
                     )
-                )
+
+                stream = iter(trainer.strategy.distribute_datasets_from_function(dataset))
                 for epoch in range(start_epoch, trainer.epochs):
                     batches = itertools.islice(stream, trainer.steps - skip)
                     row = self._epoch(epoch, skip, batches, train_step, writer, stop)
@@ -117,8 +118,10 @@ class EpochLoop:
         trainer = self.trainer
         started = time.time()
         bar = self._progress_bar(epoch)
-        loss_sum, correct, steps_done = 0.0, 0.0, 0
+        # The totals of the steps done before a resume mid-epoch come from the checkpoint.
+        loss_sum, correct, steps_done = trainer.epoch_totals.numpy().tolist() if skip else (0.0, 0.0, 0)
         skipped_before = self._skipped_records(clear=True)[0]
+        step = skip - 1
         for step, batch in enumerate(data_errors_named(batches, trainer.data.name), start=skip):
             loss, hits = (float(t) for t in train_step(batch))
             global_step = epoch * trainer.steps + step + 1
@@ -127,6 +130,7 @@ class EpochLoop:
                     f"The training loss is {loss} at step {global_step} (epoch {epoch + 1}, step {step + 1})"
                 )
             loss_sum, correct, steps_done = loss_sum + loss, correct + hits, steps_done + 1
+            trainer.epoch_totals.assign([loss_sum, correct, steps_done])
             if bar is not None:
                 bar.update(step + 1, [("loss", loss), ("accuracy", hits / trainer.batch_size)])
             trainer.step_in_epoch.assign(step + 1)
@@ -142,7 +146,7 @@ class EpochLoop:
             if every and (step + 1) % every == 0 and step + 1 < trainer.steps:
                 self.check_finite(global_step)
                 self._save("backup", global_step)
-        if steps_done == 0 and skip < trainer.steps:
+        if step + 1 == skip < trainer.steps:  # not one batch since the epoch began or resumed
             raise ValueError(
                 f"The training split of {trainer.data.name!r} data gave no full batch of {trainer.batch_size}."
             )

@@ -74,7 +74,8 @@ class Evaluator:
             ValueError: The split is empty, or its data could not be read.
         """
         totals = np.zeros(4)
-        dataset = self.strategy.experimental_distribute_dataset(self.pipeline.eval())
+        # Each worker reads and decodes its own part of the split (see `InputPipeline.eval`).
+        dataset = self.strategy.distribute_datasets_from_function(self.pipeline.eval)
         for batch in data_errors_named(dataset, self.data_name):
             totals += [float(t) for t in self._step(batch)]
             if on_batch is not None:

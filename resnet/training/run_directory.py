@@ -45,6 +45,8 @@ SHARED_STORAGE = "storage every worker sees (a shared file system, or a URI such
 """What the `--model_dir` of a multi-worker run must be; errors about it say so in these words."""
 RESUMABLE_BINDINGS = frozenset(
     {
+        "Trainer.strategy",
+        "Trainer.logical_cpus",
         "Trainer.epochs",
         "Trainer.keep_checkpoints",
         "Trainer.backup_every_steps",
@@ -53,8 +55,9 @@ RESUMABLE_BINDINGS = frozenset(
         "InputPipeline.eval_batch_size",
     }
 )
-"""Bindings a rerun may change and still be the same run (in any scope): how long it trains, how
-often it saves, what it prints, how long workers wait for each other, how evaluation is batched."""
+"""Bindings a rerun may change and still be the same run (in any scope): the devices it runs on
+(its global batches do not depend on them), how long it trains, how often it saves, what it
+prints, how long workers wait for each other, how evaluation is batched."""
 
 
 class RunDirectoryMismatch(ValueError):

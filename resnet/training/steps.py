@@ -189,19 +189,27 @@ def make_eval_step(
     Returns:
         `step((images, labels))` returning `[loss_sum, top1, top5, count]`, each summed over
         replicas: the summed cross-entropy, the numbers of top-1 and top-5 hits (top-k with k =
-        min(5, num_classes)), and the number of images.
+        min(5, num_classes)), and the number of images. Examples labelled -1 are padding (so
+        that every replica gets a batch at every step, see `InputPipeline.eval`) and count in
+        none of the sums.
     """
     strategy = strategy or tf.distribute.get_strategy()
     k = min(5, num_classes)
 
     def replica_step(images, labels):
-        logits, per_example = classification_loss(
-            model, images, labels, num_classes=num_classes, from_logits=from_logits, training=False
-        )
         labels = tf.cast(labels, tf.int32)
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.reduce_sum(per_example), _correct(logits, labels), top5, count
+        real = tf.cast(labels >= 0, tf.float32)
+        logits, per_example = classification_loss(
+            model, images, tf.maximum(labels, 0), num_classes=num_classes, from_logits=from_logits, training=False
+        )
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        in_top5 = tf.cast(tf.math.in_top_k(tf.maximum(labels, 0), logits, k), tf.float32)
+        return (
+            tf.reduce_sum(per_example * real),
+            tf.reduce_sum(hits * real),
+            tf.reduce_sum(in_top5 * real),
+            tf.reduce_sum(real),
+        )
 
     replica_step = tf.function(replica_step, jit_compile=jit_compile)
 

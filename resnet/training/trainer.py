@@ -40,6 +40,10 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PROGRESS = ("auto", "bar", "epoch")
 
 
+_ADDED_LATER = ("workers", "epoch_totals")
+"""Entries of the training checkpoint that runs of earlier versions lack (see `Trainer.restore`)."""
+
+
 @gin.configurable(module="resnet", denylist=["model_dir"])
 class Trainer:
     """Trains a model on a data source with SGD, and evaluates and checkpoints it.
@@ -246,13 +250,22 @@ class Trainer:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy")
-        self.checkpoint = tf.train.Checkpoint(
+        # How many workers trained the run last: it may resume on another number (the global
+        # batches do not depend on it, see InputPipeline.train), and says so.
+        self.workers = tf.Variable(distribution.workers(self.strategy), dtype=tf.int64, trainable=False, name="workers")
+        # The unfinished epoch's training loss sum, correct predictions and steps, so that an
+        # epoch resumed mid-way reports all its steps in metrics.csv.
+        self.epoch_totals = tf.Variable(tf.zeros(3, tf.float64), trainable=False, name="epoch_totals")
+        self._state = dict(
             model=variables_by_path(self.model),
             optimizer=self.optimizer,
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
             best_accuracy=self.best_accuracy,
+            workers=self.workers,
+            epoch_totals=self.epoch_totals,
         )
+        self.checkpoint = tf.train.Checkpoint(**self._state)
         self.evaluator = Evaluator(
             self.model,
             self.pipeline,
@@ -324,8 +337,19 @@ class Trainer:
         self.build()
         model = variables_by_path(self.model)
         return restore_newest_intact(
-            lambda path: restore_checkpoint(self.checkpoint, path, model), self.run_dir.checkpoint_candidates(which)
+            lambda path: restore_checkpoint(self._checkpoint_of(path), path, model),
+            self.run_dir.checkpoint_candidates(which),
         )
+
+    def _checkpoint_of(self, path: str) -> tf.train.Checkpoint:
+        """The training state to restore from `path`: all of it, but for the entries that runs of
+        earlier versions did not save (those keep their defaults: the worker count of this run,
+        an epoch's totals from its first resumed step)."""
+        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+        absent = [name for name in _ADDED_LATER if name not in saved]
+        if not absent:
+            return self.checkpoint
+        return tf.train.Checkpoint(**{name: value for name, value in self._state.items() if name not in absent})
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates the current weights on the whole evaluation split (see `Evaluator`)."""
@@ -390,6 +414,13 @@ class Trainer:
                     f"The workers restored different points of the run (global steps {low} and {high}): each "
                     f"sees another `--model_dir` {self.model_dir!r}. It must be {SHARED_STORAGE}."
                 )
+            had, has = int(self.workers.numpy()), distribution.workers(strategy)
+            if resumed and had != has and self.pipeline.shard_by == "files":
+                raise ValueError(
+                    f"The run in {self.model_dir!r} trained on {had} worker(s) and resumes on {has}: with "
+                    "`InputPipeline.shard_by`='files' each worker reads its own shards, so its batches would change. "
+                    f"Resume it on {had} worker(s). Nothing was written."
+                )
             if self.is_chief:  # the first writes: nothing can refuse the run any more
                 with writing("the run's configuration", run, self.steps):
                     for kind in CHECKPOINT_KINDS:
@@ -397,8 +428,12 @@ class Trainer:
                     if command is not None:
                         run.append_command(command)
                     run.write_operative_config(operative)
+            self.workers.assign(has)
             if resumed:
-                print(f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}.", flush=True)
+                on = f"on {has} worker{'s' if has > 1 else ''}" + (f" (it had {had})" if had != has else "")
+                print(
+                    f"Resuming from {resumed}: epoch {start_epoch + 1}, step {skip} of {self.steps}, {on}.", flush=True
+                )
             if start_epoch >= self.epochs:
                 print(f"All {self.epochs} epochs are done in {self.model_dir}.", flush=True)
                 return self._recorded_metrics(start_epoch)

@@ -331,10 +331,7 @@ def test_epochs_are_consecutive_stretches_of_one_stream_and_resume_anywhere_in_i
             shuffle_buffer=7,
         )
 
-    dataset = pipeline().train(epoch=0, steps=3, epochs=6)
-    # Workers of a multi-worker run each read this whole stream, keeping their part of each batch.
-    assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
-    stream = batches(dataset)
+    stream = batches(pipeline().train(epoch=0, steps=3, epochs=6))
     assert len(stream) == 18
     labels = np.concatenate([labels for _, labels in stream]).tolist()
     assert sorted(labels[:60]) == sorted(2 * list(range(30)))  # two whole passes, then the third
@@ -465,3 +462,125 @@ def test_each_split_is_prepared_only_when_used(cache):
     assert set(source.asked) == {"eval"}
     assert len(batches(pipe.train(epoch=0))) == 7
     assert set(source.asked) == {"eval", "train"}
+
+
+def contexts(workers: int, replicas_per_worker: int) -> list[tf.distribute.InputContext]:
+    """The input contexts `distribute_datasets_from_function` gives the workers of a cluster."""
+    return [tf.distribute.InputContext(workers, index, workers * replicas_per_worker) for index in range(workers)]
+
+
+def global_batches(pipe_for, workers: int, replicas_per_worker: int, **train) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The global batches a cluster trains on: each worker's per-replica batches of a step, in
+    replica order, worker after worker (as the replicas of the cluster are numbered)."""
+    per_worker = [
+        batches(pipe_for().train(context=context, **train)) for context in contexts(workers, replicas_per_worker)
+    ]
+    steps = {len(parts) // replicas_per_worker for parts in per_worker}
+    assert len(steps) == 1, "the workers deliver different numbers of steps"
+    stream = []
+    for step in range(steps.pop()):
+        parts = [
+            part
+            for worker in per_worker
+            for part in worker[step * replicas_per_worker : (step + 1) * replicas_per_worker]
+        ]
+        stream.append(tuple(np.concatenate(pieces) for pieces in zip(*parts, strict=True)))
+    return stream
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
+@pytest.mark.parametrize("workers, replicas", [(1, 2), (2, 1), (2, 2), (4, 1)])
+def test_every_number_of_workers_trains_on_the_same_global_batches(cache, workers, replicas):
+    """The images of global step k and their augmentation are those of one process, whatever the
+    workers and replicas; each worker decodes only its part (the source counts what it decodes)."""
+
+    def pipe_for(source=None):
+        return InputPipeline(
+            source or Numbered(train_examples=40),
+            Preprocessing("cifar", image_size=8, pad=2),
+            batch_size=8,
+            seed=4,
+            cache=cache,
+            shuffle_buffer=11,
+        )
+
+    for train in (dict(epoch=0, steps=3, epochs=4), dict(epoch=1, skip_steps=2, steps=3, epochs=2), dict(epoch=2)):
+        assert_same(global_batches(pipe_for, workers, replicas, **train), batches(pipe_for().train(**train)))
+    decoded = [CountingNumbered() for _ in range(workers)]
+    for context, source in zip(contexts(workers, replicas), decoded, strict=True):
+        batches(pipe_for(source).train(epoch=0, context=context))
+    if cache:  # each worker fills its cache with the whole split once, then augments its part
+        assert all(sorted(source.decoded) == list(range(40)) for source in decoded)
+    else:  # each worker decodes its part only: an epoch of 40 (five batches of 8) split W ways
+        assert all(len(source.decoded) == 40 // workers for source in decoded)
+        assert sorted(label for source in decoded for label in source.decoded) == list(range(40))
+
+
+class CountingNumbered(Numbered):
+    """`Numbered`, noting the labels (the indices) of the examples it decodes."""
+
+    def __init__(self):
+        super().__init__(train_examples=40)
+        self.decoded: list[int] = []
+
+    def _decode(self, records, split):
+        def note(label):
+            self.decoded.append(int(label))
+            return label
+
+        return (
+            super()._decode(records, split).map(lambda image, label: (image, tf.py_function(note, [label], tf.int32)))
+        )
+
+
+@pytest.mark.parametrize("workers, replicas", [(1, 2), (2, 1), (2, 2), (4, 1)])
+def test_evaluation_is_split_between_workers_with_padding_labelled_minus_one(workers, replicas):
+    pipe = InputPipeline(Numbered(eval_examples=10), Preprocessing(**PLAIN), batch_size=8, eval_batch_size=4)
+    parts = [batches(pipe.eval(context)) for context in contexts(workers, replicas)]
+    assert len({len(part) for part in parts}) == 1  # every replica gets a batch at every step
+    labels = np.concatenate([labels for part in parts for _, labels in part])
+    assert sorted(labels[labels >= 0].tolist()) == list(range(100, 110)) and set(labels[labels < 0]) <= {-1}
+    assert len(labels) == 12  # three steps of four
+    with pytest.raises(ValueError, match=r"`InputPipeline.eval_batch_size`=4 \(global\) must be a multiple of the 8"):
+        pipe.eval(tf.distribute.InputContext(4, 0, 8))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_with_shard_by_files_each_worker_reads_only_its_own_shards(tmp_path, replicas):
+    """Worker i of 2 reads shards i and i + 2 (labels tell the shard), in batches of its share,
+    every epoch `steps` batches long; resumes within its own stream."""
+    source = tfrecord_source(tmp_path, shards=4, per_shard=6)  # labels 6 * shard + record
+    pipe = InputPipeline(source, Preprocessing(image_size=12), batch_size=8, seed=3, shard_by="files")
+    for context in contexts(2, replicas):
+        own = batches(pipe.train(epoch=0, steps=3, epochs=2, context=context))
+        assert len(own) == 6 * replicas and all(len(labels) == 8 // (2 * replicas) for _, labels in own)
+        shards = {int(label) // 6 for _, labels in own for label in labels}
+        assert shards == {context.input_pipeline_id, context.input_pipeline_id + 2}
+        # Within a worker's 12 images per epoch, each of its 12 records once.
+        first_epoch = np.concatenate([labels for _, labels in own[: 3 * replicas]])
+        assert len(set(first_epoch.tolist())) == 12
+        resumed = batches(pipe.train(epoch=0, skip_steps=2, steps=3, epochs=2, context=context))
+        assert_same(resumed, own[2 * replicas :])
+    # Without `steps`, an epoch is the split's 24 records over the global batch: 3 steps.
+    assert len(batches(pipe.train(epoch=0, context=contexts(2, 1)[1]))) == 3
+    # One worker (or no context) reads the whole split, as with shard_by="batches".
+    whole = InputPipeline(source, Preprocessing(image_size=12), batch_size=8, seed=3)
+    assert_same(batches(pipe.train(epoch=1, context=contexts(1, 1)[0])), batches(whole.train(epoch=1)))
+
+
+def test_shard_by_files_is_refused_with_fewer_shards_than_workers_or_no_shards(tmp_path):
+    source = tfrecord_source(tmp_path, shards=3, per_shard=4)
+    pipe = InputPipeline(source, Preprocessing(image_size=12), batch_size=8, shard_by="files")
+    with pytest.raises(
+        ValueError,
+        match=r"shard_by`='files' needs at least one training shard per worker: the split "
+        r"has 3 and the run 4 workers",
+    ):
+        pipe.train(epoch=0, context=contexts(4, 1)[0])
+    arrays = InputPipeline(synthetic_source(), Preprocessing(image_size=12), batch_size=8, shard_by="files")
+    with pytest.raises(ValueError, match="divides the shard files of a TFRecordData source.*SyntheticData has none"):
+        arrays.train(epoch=0, context=contexts(2, 1)[0])
+    with pytest.raises(ValueError, match=r"`InputPipeline.shard_by` must be one of \('batches', 'files'\)"):
+        InputPipeline(source, Preprocessing(image_size=12), batch_size=8, shard_by="records")
+    with pytest.raises(ValueError, match="must be some of the training shards"):
+        source.with_train_shards([str(tmp_path / "elsewhere")])

@@ -149,6 +149,10 @@ def test_same_run_with_resumable_changes_passes(location, recorded):
         "Trainer.cluster_timeout = 30.0",
         "InputPipeline.eval_batch_size = 120",
     )
+    # Another strategy and other devices too (a trainer built here has one device: edited in).
+    assert "Trainer.strategy = 'default'" in resumed and "Trainer.logical_cpus = None" in resumed
+    resumed = resumed.replace("Trainer.strategy = 'default'", "Trainer.strategy = 'multi_worker_mirrored'")
+    resumed = resumed.replace("Trainer.logical_cpus = None", "Trainer.logical_cpus = 2")
     old, new = parse_bindings(recorded), parse_bindings(resumed)
     assert {key for key in old if old[key] != new[key]} == RESUMABLE_BINDINGS
     run.check_same_run(resumed)

@@ -598,3 +598,23 @@ def test_freeze_stages_is_checked_when_the_trainer_is_made(tmp_path, value):
 
     with pytest.raises(ValueError, match=rf"^`Trainer.freeze_stages` must be an integer >= 0; received {value!r}"):
         Trainer(tmp_path, data=SyntheticData(), freeze_stages=value)
+
+
+def test_a_run_reading_its_own_files_resumes_only_on_as_many_workers(tmp_path, monkeypatch):
+    """With InputPipeline.shard_by = 'files' the batches depend on the number of workers: a
+    run that had 1 is refused on 2, before anything is written, and resumes on 1."""
+    from resnet.training import distribution
+
+    files = ["InputPipeline.shard_by = 'files'"]
+    make_trainer(tmp_path, *files).train()
+    before = {path: os.path.getmtime(path) for path in map(str, tmp_path.rglob("*")) if os.path.isfile(path)}
+    on_two = make_trainer(tmp_path, *files, "Trainer.epochs = 2")
+    monkeypatch.setattr(distribution, "workers", lambda strategy: 2)
+    with pytest.raises(ValueError, match=r"trained on 1 worker\(s\) and resumes on 2: with `InputPipeline.shard_by`"):
+        on_two.train()
+    after = {path: os.path.getmtime(path) for path in map(str, tmp_path.rglob("*")) if os.path.isfile(path)}
+    assert {path: time for path, time in after.items() if not path.endswith("run.lock")} == {
+        path: time for path, time in before.items() if not path.endswith("run.lock")
+    }
+    monkeypatch.setattr(distribution, "workers", lambda strategy: 1)
+    assert make_trainer(tmp_path, *files, "Trainer.epochs = 2").train()["epoch"] == 2
