@@ -31,6 +31,7 @@ BINARIES = {
     "resnet-eval": "evaluate",
     "resnet-export": "export",
     "resnet-prepare": "prepare",
+    "resnet-data-service": "data_service",
 }
 """Our binaries: console script name -> module under `resnet`."""
 

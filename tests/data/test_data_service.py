@@ -1,0 +1,270 @@
+"""resnet-data-service starts a tf.data service dispatcher or worker that serve a dataset to this
+process, prints where it listens, stops with exit code 0 on SIGTERM or Ctrl-C, keeps its journal
+in --work_dir (from which a restarted dispatcher recovers), and refuses flags that do not make
+one server with one line naming the flag."""
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from resnet.data_service import ServiceSettings
+
+BINARY = str(Path(sys.executable).parent / "resnet-data-service")
+ENV = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+ENV.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+START_TIMEOUT = 90  # seconds for a process to import TensorFlow and start its server, on a loaded machine
+STOP_TIMEOUT = 20
+READ_TIMEOUT = 60
+DISPATCHER_LINE = re.compile(r"Dispatcher listening on (grpc://localhost:(\d+)) \((.*)\)")
+WORKER_LINE = re.compile(r"Worker on (localhost:\d+) serving the dispatcher (grpc://\S+)")
+# Runs the binary (absl's app.run, the error reporting, the flag checks, main) once per command
+# line given as JSON, in one process, and prints each one's exit code and output as JSON.
+BINARY_CASES = """
+import contextlib, io, json, sys
+cases = json.loads(sys.argv[1])
+sys.argv = ["resnet-data-service"]
+from absl import flags
+from resnet import data_service
+results = []
+for args in cases:
+    flags.FLAGS.unparse_flags()
+    sys.argv = ["resnet-data-service", *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            data_service.run()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+class Service:
+    """A `resnet-data-service` process; its stdout lines are read as they come, its stderr goes to a file."""
+
+    def __init__(self, tmp_path: Path, name: str, *args: str):
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        with open(self.stderr_path, "w") as stderr:
+            self.process = subprocess.Popen([BINARY, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=ENV)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def next_line(self, timeout: float) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"{self.process.args} printed no line within {timeout} s; stderr: {self.stderr()}")
+        if line is None:
+            pytest.fail(f"{self.process.args} ended ({self.process.wait()}) early; stderr: {self.stderr()}")
+        return line
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str]:
+        """Sends `signum`; the exit code and the last line printed."""
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=STOP_TIMEOUT)
+        return code, self.next_line(timeout=5)
+
+    def end(self) -> None:
+        """Kills the process, if it still runs after a short wait."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=STOP_TIMEOUT)
+
+
+def bounded(function: Callable, timeout: float = READ_TIMEOUT):
+    """`function()`, failing the test if it takes longer than `timeout` seconds (a tf.data
+    service read whose server is gone waits forever)."""
+    result: list = []
+    errors: list[BaseException] = []
+
+    def call():
+        try:
+            result.append(function())
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"no result within {timeout} s")
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def doubled(processing_mode: str, service: str) -> list[int]:
+    dataset = tf.data.Dataset.range(20).map(lambda x: x * 2)
+    served = dataset.apply(tf.data.experimental.service.distribute(processing_mode=processing_mode, service=service))
+    return bounded(lambda: [int(x) for x in served.as_numpy_iterator()])
+
+
+def test_a_dispatcher_and_a_worker_serve_a_dataset_keep_a_journal_and_stop_on_sigterm(tmp_path):
+    work_dir = tmp_path / "dispatcher"
+    services = []
+    try:
+        dispatcher = Service(tmp_path, "dispatcher", "--dispatcher", "--port=0", f"--work_dir={work_dir}")
+        services.append(dispatcher)
+        line = dispatcher.next_line(START_TIMEOUT)
+        match = DISPATCHER_LINE.fullmatch(line)
+        assert match and match[3] == f"journal in {work_dir}", line
+        address = match[1]
+        worker = Service(tmp_path, "worker", "--worker", f"--dispatcher_address={address}")
+        services.append(worker)
+        line = worker.next_line(START_TIMEOUT)
+        match = WORKER_LINE.fullmatch(line)
+        assert match and match[2] == address, line
+
+        assert sorted(doubled("distributed_epoch", address)) == list(range(0, 40, 2))
+        assert doubled("parallel_epochs", address) == list(range(0, 40, 2))  # one worker: in order
+        journal = work_dir / "tf_data_dispatcher_journal"
+        assert [name for name in os.listdir(journal) if name.startswith("journal_")], os.listdir(journal)
+        assert sum(os.path.getsize(path) for path in journal.iterdir()) > 0
+        assert os.listdir(work_dir / "datasets")  # the registered dataset's graph
+
+        # The dispatcher stops first while a read is under way: the worker's tasks then wait for
+        # it, which a graceful stop of the worker would wait for.
+        unfinished = iter(
+            tf.data.Dataset.range(10**6).apply(
+                tf.data.experimental.service.distribute(processing_mode="distributed_epoch", service=address)
+            )
+        )
+        assert bounded(lambda: int(next(unfinished))) >= 0
+        assert dispatcher.stop() == (0, "Dispatcher stopped.")
+        assert worker.stop() == (0, "Worker stopped.")
+    finally:
+        for service in services:
+            service.end()
+
+
+@pytest.mark.slow
+def test_a_dispatcher_restarted_with_its_work_dir_recovers_its_datasets(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dispatcher_args = ("--dispatcher", f"--port={port}", f"--work_dir={tmp_path / 'journal'}")
+    address = f"grpc://localhost:{port}"
+    services = []
+    try:
+        # Started together: the worker waits for its dispatcher.
+        dispatcher = Service(tmp_path, "dispatcher", *dispatcher_args)
+        worker = Service(tmp_path, "worker", "--worker", f"--dispatcher_address=localhost:{port}")
+        services += [dispatcher, worker]
+        assert DISPATCHER_LINE.fullmatch(dispatcher.next_line(START_TIMEOUT))
+        line = worker.next_line(START_TIMEOUT)
+        if line.startswith("Waiting"):
+            assert line == f"Waiting for the dispatcher at {address} ...", line
+            line = worker.next_line(START_TIMEOUT)
+        assert WORKER_LINE.fullmatch(line), line
+
+        dataset = tf.data.Dataset.range(6).map(lambda x: x + 100)
+        dataset_id = bounded(lambda: tf.data.experimental.service.register_dataset(address, dataset))
+        assert dispatcher.stop(signal.SIGINT) == (0, "Dispatcher stopped.")
+
+        restarted = Service(tmp_path, "restarted", *dispatcher_args)
+        services.append(restarted)
+        assert DISPATCHER_LINE.fullmatch(restarted.next_line(START_TIMEOUT))
+        served = tf.data.experimental.service.from_dataset_id(
+            "parallel_epochs", address, dataset_id, dataset.element_spec
+        )
+        assert bounded(lambda: [int(x) for x in served.as_numpy_iterator()]) == list(range(100, 106))
+        assert worker.stop() == (0, "Worker stopped.")
+        assert restarted.stop() == (0, "Dispatcher stopped.")
+    finally:
+        for service in services:
+            service.end()
+
+
+def test_the_binary_refuses_flags_that_make_no_server_in_one_line_naming_the_flag():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            "neither": ([], "give one role, --dispatcher or --worker; received neither."),
+            "both": (["--dispatcher", "--worker"], "give one role, --dispatcher or --worker; received both."),
+            "address": (
+                ["--dispatcher", "--dispatcher_address=localhost:5050"],
+                "--dispatcher_address applies to --worker, not --dispatcher.",
+            ),
+            "work_dir": (
+                ["--worker", "--dispatcher_address=localhost:5050", "--work_dir=/tmp/x"],
+                "--work_dir applies",
+            ),
+            "missing": (["--worker"], "--worker needs --dispatcher_address"),
+            "in_use": (["--dispatcher", f"--port={port}"], f"--port {port} is in use on this machine"),
+            "argument": (["--dispatcher", "extra"], "unexpected arguments ['extra']"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", BINARY_CASES, json.dumps([args for args, _ in cases.values()])],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    outcomes = dict(zip(cases, json.loads(result.stdout.split("RESULTS ", 1)[1]), strict=True))
+    for case, (_, message) in cases.items():
+        outcome = outcomes[case]
+        lines = outcome["stderr"].strip().splitlines()
+        assert outcome["code"] == 2 and outcome["stdout"] == "", (case, outcome)
+        assert len(lines) == 1 and lines[0].startswith(f"resnet-data-service: error: {message}"), (case, outcome)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({}, "give one role, --dispatcher or --worker; received neither."),
+        ({"dispatcher": True, "worker": True}, "received both"),
+        ({"dispatcher": True, "port": -1}, "--port must be 0 (a free port) or a port number up to 65535; received -1."),
+        ({"dispatcher": True, "port": 70000}, "--port must be"),
+        ({"dispatcher": True, "dispatcher_address": "localhost:5050"}, "--dispatcher_address applies to --worker"),
+        ({"dispatcher": True, "worker_address": "host:%port%"}, "--worker_address applies to --worker"),
+        ({"dispatcher": True, "work_dir": " "}, "`--work_dir` must name a directory"),
+        ({"worker": True, "dispatcher_address": "localhost:5050", "work_dir": "/tmp/x"}, "--work_dir applies to"),
+        ({"worker": True}, "--worker needs --dispatcher_address"),
+        ({"worker": True, "dispatcher_address": "localhost"}, "--dispatcher_address must be host:port"),
+        ({"worker": True, "dispatcher_address": "http://host:5050"}, "received 'http://host:5050'"),
+        ({"worker": True, "dispatcher_address": "host:port"}, "--dispatcher_address must be host:port"),
+        ({"worker": True, "dispatcher_address": "h:1", "worker_address": "host"}, "--worker_address must be"),
+        ({"worker": True, "dispatcher_address": "h:1", "worker_address": "host:%dts%"}, "--worker_address must be"),
+    ],
+)
+def test_flags_that_make_no_server_are_refused_naming_the_flag(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServiceSettings.from_flags(**flags)
+
+
+def test_the_settings_of_each_role():
+    assert ServiceSettings.from_flags(dispatcher=True) == ServiceSettings("dispatcher", 0)
+    assert ServiceSettings.from_flags(dispatcher=True, port=5050, work_dir="gs://bucket/dispatcher") == (
+        ServiceSettings("dispatcher", 5050, work_dir="gs://bucket/dispatcher")
+    )
+    worker = ServiceSettings.from_flags(worker=True, dispatcher_address="grpc://dispatcher-host:5050")
+    assert worker == ServiceSettings("worker", 0, dispatcher_address="dispatcher-host:5050")
+    assert worker.worker_address == "localhost:%port%"  # tf.data.experimental.service.WorkerConfig's default
+    assert tf.data.experimental.service.WorkerConfig("x:1").worker_address == worker.worker_address
+    assert ServiceSettings.from_flags(
+        worker=True, port=5051, dispatcher_address="[::1]:5050", worker_address="host-7:%port%"
+    ) == ServiceSettings("worker", 5051, dispatcher_address="[::1]:5050", worker_address="host-7:%port%")
