@@ -8,7 +8,7 @@ import tensorflow as tf
 import resnet
 from conftest import images, marked_slow, randomize_norms, relative_error
 
-QUICK = ("cifar/resnet20", "cifar/resnet20_b", "resnet18", "keras_resnet50_v2")
+QUICK = ("cifar/resnet20", "cifar/resnet20_b", "resnet18")
 
 
 def batch_norm_ops(model, size: int) -> int:

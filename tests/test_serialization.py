@@ -16,7 +16,7 @@ import resnet
 from conftest import images, marked_slow, randomize_norms, relative_error
 
 # In the quick loop: the CIFAR ResNet-20 family and ResNet-18; every other config is `slow`.
-QUICK = ("cifar/resnet20", "cifar/resnet20_b", "cifar/resnet20_c", "cifar/plain20", "resnet18")
+QUICK = ("cifar/resnet20", "cifar/resnet20_b", "resnet18")
 
 
 @pytest.mark.parametrize("name", marked_slow(resnet.available_configs(), lambda name: name not in QUICK))

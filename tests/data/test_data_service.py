@@ -120,6 +120,7 @@ def doubled(processing_mode: str, service: str) -> list[int]:
     return bounded(lambda: [int(x) for x in served.as_numpy_iterator()])
 
 
+@pytest.mark.slow  # processes that start TensorFlow; the quick loop checks the flags in-process
 def test_a_dispatcher_and_a_worker_serve_a_dataset_keep_a_journal_and_stop_on_sigterm(tmp_path):
     work_dir = tmp_path / "dispatcher"
     services = []
@@ -196,6 +197,7 @@ def test_a_dispatcher_restarted_with_its_work_dir_recovers_its_datasets(tmp_path
             service.end()
 
 
+@pytest.mark.slow  # processes that start TensorFlow; the quick loop checks the flags in-process
 def test_the_binary_refuses_flags_that_make_no_server_in_one_line_naming_the_flag():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

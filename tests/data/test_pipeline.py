@@ -489,7 +489,10 @@ def global_batches(pipe_for, workers: int, replicas_per_worker: int, **train) ->
 
 
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
-@pytest.mark.parametrize("workers, replicas", [(1, 2), (2, 1), (2, 2), (4, 1)])
+@pytest.mark.parametrize(
+    "workers, replicas",
+    [(2, 2), *(pytest.param(*layout, marks=pytest.mark.slow) for layout in [(1, 2), (2, 1), (4, 1)])],
+)
 def test_every_number_of_workers_trains_on_the_same_global_batches(cache, workers, replicas):
     """The images of global step k and their augmentation are those of one process, whatever the
     workers and replicas; each worker decodes only its part (the source counts what it decodes)."""
@@ -545,6 +548,7 @@ def test_evaluation_is_split_between_workers_with_padding_labelled_minus_one(wor
         pipe.eval(tf.distribute.InputContext(4, 0, 8))
 
 
+@pytest.mark.slow  # many pipelines over JPEG shards; the quick loop has the test below
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_with_shard_by_files_each_worker_reads_only_its_own_shards(tmp_path, replicas):
     """Worker i of 2 reads shards i and i + 2 (labels tell the shard), in batches of its share,
@@ -566,6 +570,13 @@ def test_with_shard_by_files_each_worker_reads_only_its_own_shards(tmp_path, rep
     # One worker (or no context) reads the whole split, as with shard_by="batches".
     whole = InputPipeline(source, Preprocessing(image_size=12), batch_size=8, seed=3)
     assert_same(batches(pipe.train(epoch=1, context=contexts(1, 1)[0])), batches(whole.train(epoch=1)))
+
+
+def test_with_shard_by_files_a_worker_reads_only_its_shards(tmp_path):
+    source = tfrecord_source(tmp_path, shards=4, per_shard=2)  # labels 2 * shard + record
+    pipe = InputPipeline(source, Preprocessing(image_size=8), batch_size=4, shard_by="files")
+    labels = np.concatenate([labels for _, labels in batches(pipe.train(epoch=0, context=contexts(2, 1)[1]))])
+    assert sorted(labels.tolist()) == [2, 3, 6, 7]  # shards 1 and 3, in two batches of 2
 
 
 def test_shard_by_files_is_refused_with_fewer_shards_than_workers_or_no_shards(tmp_path):

@@ -447,6 +447,7 @@ def test_manifests_that_name_other_classes_are_refused(folder, tmp_path):
         TFRecordData(train.pattern, evaluation.pattern, num_classes=3)
 
 
+@pytest.mark.slow  # a subprocess that starts TensorFlow
 def test_the_binary_reports_flag_mistakes_in_one_line_and_writes_cifar(folder, tmp_path):
     root, _ = folder
     cifar_dir = tmp_path / "cifar"

@@ -202,6 +202,7 @@ def test_bad_export_arguments_are_refused_before_anything_is_written(arguments, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # converts to ONNX (9 s)
 def test_onnx_export_writes_to_any_file_system():
     """The ONNX and TFLite files go through tf.io.gfile like the SavedModel (ram:// here)."""
     output = f"ram://{uuid.uuid4().hex}/export"

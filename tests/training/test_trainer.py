@@ -600,6 +600,7 @@ def test_freeze_stages_is_checked_when_the_trainer_is_made(tmp_path, value):
         Trainer(tmp_path, data=SyntheticData(), freeze_stages=value)
 
 
+@pytest.mark.slow  # two runs
 def test_a_run_reading_its_own_files_resumes_only_on_as_many_workers(tmp_path, monkeypatch):
     """With InputPipeline.shard_by = 'files' the batches depend on the number of workers: a
     run that had 1 is refused on 2, before anything is written, and resumes on 1."""
