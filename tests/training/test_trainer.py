@@ -619,3 +619,23 @@ def test_a_run_reading_its_own_files_resumes_only_on_as_many_workers(tmp_path, m
     }
     monkeypatch.setattr(distribution, "workers", lambda strategy: 1)
     assert make_trainer(tmp_path, *files, "Trainer.epochs = 2").train()["epoch"] == 2
+
+
+def test_a_backup_of_an_earlier_version_without_worker_count_and_epoch_totals_restores(two_epochs, tmp_path):
+    """Checkpoints written before the trainer saved `workers` and `epoch_totals` still resume:
+    those two keep their defaults, everything else is restored."""
+    model_dir = copied_run(two_epochs, tmp_path)
+    trained = resumed_trainer(model_dir, "Trainer.epochs = 3")
+    assert trained.restore() == str(model_dir / "backup" / "backup-4")
+    old = {name: value for name, value in trained._state.items() if name not in ("workers", "epoch_totals")}
+    old_backup = tf.train.Checkpoint(**old).save(str(tmp_path / "old" / "backup"))  # as CheckpointManager saves
+    assert {name.split("/", 1)[0] for name, _ in tf.train.list_variables(old_backup)} >= {"model", "epoch"}
+    assert "workers" not in {name.split("/", 1)[0] for name, _ in tf.train.list_variables(old_backup)}
+    weights = [variable.numpy() for variable in trained.model.weights]
+    resumed = resumed_trainer(model_dir, "Trainer.epochs = 3")
+    resumed.build()
+    resumed.restore(old_backup)
+    assert int(resumed.epoch.numpy()) == 2 and int(resumed.workers.numpy()) == 1
+    assert resumed.epoch_totals.numpy().tolist() == [0.0, 0.0, 0.0]
+    for variable, expected in zip(resumed.model.weights, weights, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), expected, err_msg=variable.path)
