@@ -2,8 +2,11 @@
 writers of small datasets in real formats."""
 
 import importlib.util
+import json
 import os
 import pickle
+import subprocess
+import sys
 import uuid
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -174,3 +177,39 @@ def preprocessing():
 def parent(request, tmp_path):
     """A directory to export into: local, or on TensorFlow's in-memory ram:// file system."""
     return str(tmp_path) if request.param == "local" else f"ram://{uuid.uuid4().hex}"
+
+
+# Runs a binary's `run()` (absl's app.run, the error reporting, the flag checks, main) once per
+# command line given as JSON, in one process, and prints each one's exit code and output as JSON.
+_CASES_SCRIPT = """
+import contextlib, importlib, io, json, sys
+program, module, cases = sys.argv[1], importlib.import_module(sys.argv[2]), json.loads(sys.argv[3])
+from absl import flags
+results = []
+for args in cases:
+    flags.FLAGS.unparse_flags()
+    sys.argv = [program, *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            module.run()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def run_cases(program: str, module: str, cases: list[list[str]], env: dict, timeout: float = 300) -> list[dict]:
+    """Runs binary `program` (the `run` of `module`) with each command line of `cases`, all in one
+    process (one TensorFlow start-up); returns `{"code", "stdout", "stderr"}` per case."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CASES_SCRIPT, program, module, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.split("RESULTS ", 1)[1])

@@ -3,7 +3,6 @@ process, prints where it listens, stops with exit code 0 on SIGTERM or Ctrl-C, k
 in --work_dir (from which a restarted dispatcher recovers), and refuses flags that do not make
 one server with one line naming the flag."""
 
-import json
 import os
 import queue
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from conftest import run_cases
 from resnet.data_service import ServiceSettings
 
 BINARY = str(Path(sys.executable).parent / "resnet-data-service")
@@ -28,28 +28,6 @@ STOP_TIMEOUT = 20
 READ_TIMEOUT = 60
 DISPATCHER_LINE = re.compile(r"Dispatcher listening on (grpc://localhost:(\d+)) \((.*)\)")
 WORKER_LINE = re.compile(r"Worker on (localhost:\d+) serving the dispatcher (grpc://\S+)")
-# Runs the binary (absl's app.run, the error reporting, the flag checks, main) once per command
-# line given as JSON, in one process, and prints each one's exit code and output as JSON.
-BINARY_CASES = """
-import contextlib, io, json, sys
-cases = json.loads(sys.argv[1])
-sys.argv = ["resnet-data-service"]
-from absl import flags
-from resnet import data_service
-results = []
-for args in cases:
-    flags.FLAGS.unparse_flags()
-    sys.argv = ["resnet-data-service", *args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            data_service.run()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code or 0
-    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-print("RESULTS " + json.dumps(results))
-"""
 
 
 class Service:
@@ -218,15 +196,9 @@ def test_the_binary_refuses_flags_that_make_no_server_in_one_line_naming_the_fla
             "in_use": (["--dispatcher", f"--port={port}"], f"--port {port} is in use on this machine"),
             "argument": (["--dispatcher", "extra"], "unexpected arguments ['extra']"),
         }
-        result = subprocess.run(
-            [sys.executable, "-c", BINARY_CASES, json.dumps([args for args, _ in cases.values()])],
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=120,
-        )
-    assert result.returncode == 0, result.stderr
-    outcomes = dict(zip(cases, json.loads(result.stdout.split("RESULTS ", 1)[1]), strict=True))
+        command_lines = [args for args, _ in cases.values()]
+        results = run_cases("resnet-data-service", "resnet.data_service", command_lines, ENV, timeout=120)
+        outcomes = dict(zip(cases, results, strict=True))
     for case, (_, message) in cases.items():
         outcome = outcomes[case]
         lines = outcome["stderr"].strip().splitlines()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import random_images, write_cifar10, write_cifar_batch
+from conftest import random_images, run_cases, write_cifar10, write_cifar_batch
 from data_files import read_all, write_image_folder, write_shard
 from resnet.data import DataError, ImageFolderData, TFRecordData
 from resnet.data import prepare as library
@@ -40,28 +40,6 @@ def slowly(self, index):
     return encoded(self, index)
 library._ImageFolder.encoded = slowly
 prepare.run()
-"""
-# Runs the binary (absl's app.run, the error reporting, the flag checks, main) once per command
-# line given as JSON, in one process, and prints each one's exit code and output as JSON.
-BINARY_CASES = """
-import contextlib, io, json, sys
-cases = json.loads(sys.argv[1])
-sys.argv = ["resnet-prepare"]
-from absl import flags
-from resnet import prepare
-results = []
-for args in cases:
-    flags.FLAGS.unparse_flags()
-    sys.argv = ["resnet-prepare", *args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            prepare.run()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code or 0
-    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-print("RESULTS " + json.dumps(results))
 """
 
 
@@ -489,15 +467,8 @@ def test_the_binary_reports_flag_mistakes_in_one_line_and_writes_cifar(folder, t
         "cifar": ([f"--cifar_dir={cifar_dir}", "--cifar_split=test", f"--output={out}/eval", "--shards=1"], None),
         "skip": ([f"--image_folder={root}", "--skip_corrupt", f"--output={out}/train", "--shards=2"], None),
     }
-    result = subprocess.run(
-        [sys.executable, "-c", BINARY_CASES, json.dumps([args for args, _ in cases.values()])],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    outcomes = dict(zip(cases, json.loads(result.stdout.split("RESULTS ", 1)[1]), strict=True))
+    results = run_cases("resnet-prepare", "resnet.prepare", [args for args, _ in cases.values()], ENV, timeout=300)
+    outcomes = dict(zip(cases, results, strict=True))
     for case, (_, message) in cases.items():
         outcome = outcomes[case]
         if message is None:
