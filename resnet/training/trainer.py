@@ -345,7 +345,9 @@ class Trainer:
         """The training state to restore from `path`: all of it, but for the entries that runs of
         earlier versions did not save (those keep their defaults: the worker count of this run,
         an epoch's totals from its first resumed step)."""
-        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+        # Not tf.train.list_variables: it takes a ram:// prefix for a directory.
+        keys = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
+        saved = {key.split("/", 1)[0] for key in keys}
         absent = [name for name in _ADDED_LATER if name not in saved]
         if not absent:
             return self.checkpoint
