@@ -213,3 +213,11 @@ def run_cases(program: str, module: str, cases: list[list[str]], env: dict, time
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.split("RESULTS ", 1)[1])
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `benchmarks/<script>` with `args` in a fresh process (TensorFlow's logs off); the
+    result, whatever its exit code."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", script)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, path, *args], capture_output=True, text=True, env=env, timeout=timeout)

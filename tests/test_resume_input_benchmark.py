@@ -5,21 +5,17 @@ Plumbing only (flags, JSON fields, consistency of the derived figures), never sp
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from conftest import run_benchmark
 
 # Every test here runs the benchmark script as a subprocess.
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resume_input.py"
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+def run(*args: str):
+    return run_benchmark("resume_input.py", *args)
 
 
 def test_resume_input_reports_first_batch_times_ratios_and_decoding(tmp_path):

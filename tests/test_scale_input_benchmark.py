@@ -6,21 +6,17 @@ consistency of the derived figures), never speed.
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from conftest import run_benchmark
 
 # The test runs the benchmark script, which starts worker processes.
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_input.py"
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+def run(*args: str):
+    return run_benchmark("scale_input.py", *args)
 
 
 def test_scale_input_counts_each_workers_decodes_and_reports_the_ratios(tmp_path):
