@@ -15,6 +15,8 @@ from resnet.validation import check_int
 SHARD_BY = ("batches", "files")
 """How the workers of a multi-worker run divide the training input (`InputPipeline.shard_by`)."""
 AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_SERVICE_TIMEOUT = 600.0
+"""Seconds a training host waits for a batch from the tf.data service (`InputPipeline.data_service_timeout`)."""
 
 
 @gin.configurable(module="resnet", denylist=["source", "preprocessing", "batch_size", "seed"])
@@ -53,6 +55,17 @@ class InputPipeline:
             for any number of workers) or "files" (each reads only its share of the shards of a
             `TFRecordData` source: about 1/N of the bytes, but the batches then depend on the
             number of workers, and a run resumes only on the same number).
+        data_service: The dispatcher of a tf.data service (`grpc://host:port`, as
+            `resnet-data-service --dispatcher` prints it; None: decode on the training hosts).
+            Training images are then read, decoded and augmented by the service's workers, and
+            the training hosts only receive the finished batches, the same batches as without
+            the service (see `train`). Evaluation still runs on the training hosts.
+        data_service_lanes: Streams each training host reads from the service: step `k` comes
+            from stream `k % lanes`, and each stream is produced, in order, by one service worker
+            at a time. At least the number of service workers, for all of them to work.
+        data_service_timeout: Seconds a training host waits for a batch from the service before
+            it gives up (a service worker that dies mid-epoch leaves its stream unfinished; see
+            `resnet.training.epochs`).
 
     Example:
 
@@ -77,6 +90,9 @@ class InputPipeline:
         shuffle_buffer: int = 10_000,
         eval_batch_size: int | None = None,
         shard_by: str = "batches",
+        data_service: str | None = None,
+        data_service_lanes: int = 2,
+        data_service_timeout: float = DEFAULT_SERVICE_TIMEOUT,
     ):
         if not isinstance(source, DataSource):
             raise ValueError(f"`source` must be a DataSource such as DigitsData(); received {source!r}.")
@@ -96,6 +112,23 @@ class InputPipeline:
         if shard_by not in SHARD_BY:
             raise ValueError(f"`InputPipeline.shard_by` must be one of {SHARD_BY}; received {shard_by!r}.")
         self.shard_by = shard_by
+        self.data_service = _check_service_address(data_service)
+        self.data_service_lanes = check_int("InputPipeline.data_service_lanes", data_service_lanes)
+        if (
+            isinstance(data_service_timeout, bool)
+            or not isinstance(data_service_timeout, (int, float))
+            or not data_service_timeout > 0
+        ):
+            raise ValueError(
+                "`InputPipeline.data_service_timeout` must be a number of seconds > 0; "
+                f"received {data_service_timeout!r}."
+            )
+        self.data_service_timeout = float(data_service_timeout)
+        if self.data_service is not None and shard_by == "files":
+            raise ValueError(
+                "`InputPipeline.shard_by`='files' and `InputPipeline.data_service` do not go together: with the "
+                "service, the service's workers read the records, and the training hosts none. Use one or the other."
+            )
         # Each split is prepared when first used: evaluating (resnet-eval, resnet-export) never
         # touches the training split, which may be large (CIFAR loads it whole, TFRecord stats
         # every shard).
@@ -173,11 +206,12 @@ class InputPipeline:
         split = _Split.of(context, self.batch_size, "batch_size")
         if self.shard_by == "files" and split.pipelines > 1:
             return self._train_on_own_files(split, epoch, skip_steps, steps, epochs)
+        service = self.data_service is not None
         self._training_records()
         if steps is not None:
             check_int("steps", steps)
         batch = self.batch_size
-        if steps is None and epochs == 1:
+        if steps is None and epochs == 1 and not service:
             # One pass; its size need not be known, the last partial batch is dropped.
             epoch_length, pass_length, first_pass, offset, passes = None, None, epoch, skip_steps * batch, 1
         else:
@@ -192,27 +226,65 @@ class InputPipeline:
                 # Each pass holds a record at least (an empty split gives none), which bounds
                 # the passes the epochs need, also when `skip_corrupt` drops some.
                 passes = 0 if size == 0 else offset + (epochs * steps - skip_steps) * batch
-        ordered = (
-            tf.data.Dataset.range(first_pass, first_pass + passes)
-            .flat_map(lambda index: self._pass(index, pass_length))
-            .skip(offset)
-        )
         total = None if epoch_length is None else epochs * epoch_length - skip_steps * batch
-        if split.pipelines > 1:
-            self._check_no_drops()
-            if total is not None:
-                ordered = ordered.take(total)  # in undecoded records: none is dropped (checked above)
-            ordered = split.keep(ordered)
-        examples = ordered if self.cache else self.source.decode(ordered, "train")
-        if total is not None and split.pipelines == 1:
-            examples = examples.take(total)  # after decoding: a dropped record's place is taken by the next
         start = skip_steps * batch
-        augmented = examples.enumerate().map(
-            lambda n, example: self._augment(epoch, epoch_length, start + split.position(n), example),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-        return augmented.batch(split.per_replica, drop_remainder=True).prefetch(AUTOTUNE)
+
+        def ordered() -> tf.data.Dataset:
+            records = (
+                tf.data.Dataset.range(first_pass, first_pass + passes)
+                .flat_map(lambda index: self._pass(index, pass_length))
+                .skip(offset)
+            )
+            if split.pipelines > 1 or service:
+                if total is not None:
+                    records = records.take(total)  # in undecoded records: none is dropped (checked)
+                records = split.keep(records)
+            return records
+
+        def batches(records: tf.data.Dataset, lane: _Split) -> tf.data.Dataset:
+            examples = records if self.cache and not service else self.source.decode(records, "train")
+            if total is not None and split.pipelines == 1 and not service:
+                examples = examples.take(total)  # after decoding: a dropped record's place is taken by the next
+            augmented = examples.enumerate().map(
+                lambda n, example: self._augment(
+                    epoch, epoch_length, start + split.position(lane.position(n)), example
+                ),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=True,
+            )
+            return augmented.batch(split.per_replica, drop_remainder=True)
+
+        if split.pipelines > 1 or service:
+            self._check_no_drops(service)
+        if not service:
+            return batches(ordered(), _Split(1, 1, 0, 1)).prefetch(AUTOTUNE)
+        return self._through_service(split, total // batch, ordered, batches)
+
+    def _through_service(self, split: _Split, steps: int, ordered, batches) -> tf.data.Dataset:
+        """`steps` global steps of this pipeline's batches, read from the tf.data service in
+        `data_service_lanes` streams: stream `j` holds steps `j`, `j + lanes`, ..., is one job
+        of the service with a single split (so one service worker makes it, in order: the
+        records of its steps are cut out of the undecoded stream before anything is decoded),
+        and the streams are read in turn, step by step."""
+        lanes = self.data_service_lanes
+        service = tf.data.experimental.service
+
+        def lane(j: int) -> tf.data.Dataset:
+            # Stretches of `per_pipeline` records (one step's part each) of every `lanes` steps.
+            cut = _Split(split.per_pipeline * lanes, lanes, j, 1)
+            made = tf.data.Dataset.range(1).flat_map(lambda _: batches(cut.keep(ordered()), cut))
+            return made.apply(
+                service.distribute(
+                    processing_mode=service.ShardingPolicy.DYNAMIC,
+                    service=self.data_service,
+                    compression=None,  # float images barely compress; decompressing would cost the training host
+                )
+            )
+
+        per_step = split.per_pipeline // split.per_replica  # this pipeline's replicas: batches per step
+        choice = tf.data.Dataset.range(steps * per_step).map(lambda n: n // per_step % lanes)
+        streams = [lane(j) for j in range(lanes)]
+        return tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=True).prefetch(AUTOTUNE)
 
     def _train_on_own_files(self, split: _Split, epoch: int, skip_steps: int, steps: int | None, epochs: int):
         """The batches of `train` for pipeline `split.index` with `shard_by="files"`: the stream
@@ -255,7 +327,13 @@ class InputPipeline:
             raise ValueError(f"The training split has {count} records, fewer than one batch of {self.batch_size}.")
         return count // self.batch_size
 
-    def _check_no_drops(self) -> None:
+    def _check_no_drops(self, service: bool = False) -> None:
+        if getattr(self.source, "skip_corrupt", False) and service:
+            raise ValueError(
+                f"{type(self.source).__name__}.skip_corrupt drops unreadable records, which would shift the batches "
+                "the tf.data service makes (`InputPipeline.data_service`): prepare shards without them "
+                "(resnet-prepare --skip_corrupt), or train without the service."
+            )
         if getattr(self.source, "skip_corrupt", False) and not self.cache:
             raise ValueError(
                 f"{type(self.source).__name__}.skip_corrupt drops unreadable records, which would leave the "
@@ -269,7 +347,8 @@ class InputPipeline:
         records it decodes after skipping."""
         if self._train is None:
             source = self.source
-            self._train = source.examples("train").cache() if self.cache else source.records("train")
+            cached = self.cache and self.data_service is None  # the service's workers decode from the records
+            self._train = source.examples("train").cache() if cached else source.records("train")
         return self._train
 
     def _pass(self, index: tf.Tensor, length: int | None) -> tf.data.Dataset:
@@ -364,6 +443,21 @@ def _without_graph_seed() -> Iterator[None]:
         yield
     finally:
         graph.seed = previous
+
+
+def _check_service_address(address: str | None) -> str | None:
+    """`address` as `grpc://host:port` (`host:port` is taken as gRPC), or None; else `ValueError`."""
+    if address is None:
+        return None
+    if isinstance(address, str):
+        protocol, _, rest = address.rpartition("://")
+        host, _, port = rest.rpartition(":")
+        if protocol in ("", "grpc") and host and port.isdigit() and 0 < int(port) < 65536 and "/" not in rest:
+            return f"grpc://{rest}"
+    raise ValueError(
+        "`InputPipeline.data_service` must be the address of a tf.data service dispatcher, 'grpc://host:port' "
+        f"(as `resnet-data-service --dispatcher` prints it), or None; received {address!r}."
+    )
 
 
 def _count(dataset: tf.data.Dataset) -> int:

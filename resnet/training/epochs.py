@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -105,6 +106,8 @@ class EpochLoop:
                     )
 
                 stream = iter(trainer.strategy.distribute_datasets_from_function(dataset))
+                if trainer.pipeline.data_service is not None:
+                    stream = self._watched(stream)
                 for epoch in range(start_epoch, trainer.epochs):
                     batches = itertools.islice(stream, trainer.steps - skip)
                     row = self._epoch(epoch, skip, batches, train_step, writer, stop)
@@ -113,6 +116,37 @@ class EpochLoop:
             if writer is not None:
                 writer.close()
         return row
+
+    def _watched(self, stream: Iterator) -> Iterator:
+        """`stream`, ending the process with `CLUSTER_ERROR_EXIT_CODE` and one line if a batch
+        takes longer than `InputPipeline.data_service_timeout` to come.
+
+        A tf.data service worker that dies leaves its part of the epoch unmade, and the read
+        waits for it without end; what this process has saved stays, and the run resumes from
+        its newest backup, on the same batches (with or without the service).
+        """
+        pipeline, trainer = self.trainer.pipeline, self.trainer
+        while True:
+            timer = threading.Timer(
+                pipeline.data_service_timeout,
+                lambda: distribution.exit_process(
+                    distribution.CLUSTER_ERROR_EXIT_CODE,
+                    f"error: No training batch came from the tf.data service at {pipeline.data_service} within "
+                    f"`InputPipeline.data_service_timeout`={pipeline.data_service_timeout:g} s: a service worker "
+                    "probably stopped in the middle of its part of the epoch, which the service does not hand "
+                    "to another. Check that the dispatcher and workers run (restart the lost ones), then run "
+                    f"the same command again. {backup_state(self.run_dir, trainer.steps)}",
+                ),
+            )
+            timer.daemon = True
+            timer.start()
+            try:
+                batch = next(stream)
+            except StopIteration:
+                return
+            finally:
+                timer.cancel()
+            yield batch
 
     def _epoch(self, epoch: int, skip: int, batches: Iterable, train_step, writer, stop) -> dict[str, float]:
         trainer = self.trainer

@@ -53,11 +53,15 @@ RESUMABLE_BINDINGS = frozenset(
         "Trainer.progress",
         "Trainer.cluster_timeout",
         "InputPipeline.eval_batch_size",
+        "InputPipeline.data_service",
+        "InputPipeline.data_service_lanes",
+        "InputPipeline.data_service_timeout",
     }
 )
 """Bindings a rerun may change and still be the same run (in any scope): the devices it runs on
 (its global batches do not depend on them), how long it trains, how often it saves, what it
-prints, how long workers wait for each other, how evaluation is batched."""
+prints, how long workers wait for each other, how evaluation is batched, and whether a tf.data
+service makes the training batches (they are the same either way)."""
 
 
 class RunDirectoryMismatch(ValueError):

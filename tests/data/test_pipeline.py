@@ -2,6 +2,7 @@
 resume that decodes nothing it skips, full training batches, short epochs that go on through the
 data, evaluation in order, and checked arguments."""
 
+import gc
 import os
 
 import numpy as np
@@ -595,3 +596,87 @@ def test_shard_by_files_is_refused_with_fewer_shards_than_workers_or_no_shards(t
         InputPipeline(source, Preprocessing(image_size=12), batch_size=8, shard_by="records")
     with pytest.raises(ValueError, match="must be some of the training shards"):
         source.with_train_shards([str(tmp_path / "elsewhere")])
+
+
+# Through a tf.data service ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_service():
+    """A tf.data service dispatcher and two workers in this process, on 127.0.0.1 (the binary's
+    servers in their own processes are tested in test_data_service.py); stopped at the end."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    host = dispatcher.target.split("://")[1]
+    # Frequent heartbeats: a worker's stop waits for its heartbeat thread.
+    config = service.WorkerConfig(dispatcher_address=host, port=0, heartbeat_interval_ms=200)
+    workers = [service.WorkerServer(config) for _ in range(2)]
+    yield dispatcher.target
+    gc.collect()  # the tests' readers end their jobs while the servers still answer (else each waits for them)
+    for server in [*workers, dispatcher]:
+        server._stop()  # pylint: disable=protected-access
+
+
+def served_pipeline(service=None, lanes=2, source=None) -> InputPipeline:
+    return InputPipeline(
+        source or Numbered(train_examples=40, counted=False),
+        Preprocessing("cifar", image_size=8, pad=2),
+        batch_size=8,
+        seed=4,
+        cache=True,  # the service decodes from the records all the same
+        shuffle_buffer=11,
+        data_service=service,
+        data_service_lanes=lanes,
+    )
+
+
+def test_the_data_service_makes_the_batches_the_training_hosts_would(data_service):
+    """Through the service, global step k of two workers of two replicas holds the images,
+    augmented the same way, that one process makes, also resumed mid-epoch, from a split whose
+    size must be counted."""
+    train = dict(epoch=1, skip_steps=2, steps=3, epochs=2)
+    served = global_batches(lambda: served_pipeline(data_service, lanes=3), 2, 2, **train)
+    assert_same(served, batches(served_pipeline().train(**train)))
+
+
+@pytest.mark.slow  # the quick loop has the case above
+@pytest.mark.parametrize("workers, replicas", [(1, 1), (2, 2)])
+def test_the_data_service_makes_every_epoch_once_and_the_same_batches(tmp_path, data_service, workers, replicas):
+    """Through the service, whatever the lanes, workers and replicas, and from TFRecord shards
+    too: the batches of one process, every example once per pass."""
+    for lanes, train in [(2, dict(epoch=0, epochs=3)), (1, dict(epoch=2)), (4, dict(epoch=0, steps=2))]:
+        served = global_batches(lambda lanes=lanes: served_pipeline(data_service, lanes), workers, replicas, **train)
+        assert_same(served, batches(served_pipeline().train(**train)))
+        if train.get("epochs") == 3:  # three passes of five batches: each example once in each
+            labels = [labels.tolist() for _, labels in served]
+            assert [sorted(sum(labels[p * 5 : p * 5 + 5], [])) for p in range(3)] == [list(range(40))] * 3
+    shards = tfrecord_source(tmp_path, shards=2, per_shard=12)
+    train = dict(epoch=1, steps=2, epochs=2)
+    served = global_batches(lambda: served_pipeline(data_service, 3, source=shards), workers, replicas, **train)
+    assert_same(served, batches(served_pipeline(source=shards).train(**train)))
+
+
+def test_the_data_service_settings_are_checked():
+    for kwargs, message in [
+        ({"data_service": "localhost"}, r"`InputPipeline.data_service` must be the address of a tf.data service"),
+        ({"data_service": "http://host:5050"}, r"'grpc://host:port' .* received 'http://host:5050'"),
+        ({"data_service": 5050}, r"received 5050"),
+        ({"data_service": "host:99999"}, r"received 'host:99999'"),
+        ({"data_service": "localhost:5050", "data_service_lanes": 0}, r"`InputPipeline.data_service_lanes` must"),
+        ({"data_service": "localhost:5050", "data_service_timeout": 0}, r"`InputPipeline.data_service_timeout` m"),
+        ({"data_service_timeout": True}, r"a number of seconds > 0; received True"),
+        ({"data_service": "localhost:5050", "shard_by": "files"}, r"`InputPipeline.shard_by`='files' and `Inpu"),
+    ]:
+        arguments = {"source": Numbered(), "preprocessing": Preprocessing(**PLAIN), "batch_size": 4, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            InputPipeline(**arguments)
+    for address in ["localhost:5050", "grpc://localhost:5050", "grpc://10.0.0.2:80"]:
+        pipe = InputPipeline(Numbered(), Preprocessing(**PLAIN), batch_size=4, data_service=address)
+        assert pipe.data_service == "grpc://" + address.removeprefix("grpc://")
+
+
+def test_the_data_service_refuses_a_source_that_drops_records(tmp_path):
+    source = tfrecord_source(tmp_path, skip_corrupt=True)
+    pipe = InputPipeline(source, Preprocessing(**IMAGENET), batch_size=4, data_service="localhost:5050")
+    with pytest.raises(ValueError, match=r"TFRecordData.skip_corrupt drops unreadable records, which would shift"):
+        pipe.train(epoch=0)

@@ -529,3 +529,150 @@ def test_a_run_resumes_on_another_number_of_workers(tmp_path, cluster):
     for want, got in zip(expected, actual, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=2e-3, abs=1e-5), (expected, actual)
+
+
+# Synthetic images whose training records (their indices) are noted, as they are decoded, in the
+# file $NOTES by a tf.print: an op, which runs wherever the dataset runs, a tf.data service
+# worker included (Python in a dataset would run only in the process that built it).
+PRINTED_SOURCE = """
+import os
+
+import gin
+import tensorflow as tf
+
+from resnet.data.in_memory import SyntheticData
+
+
+@gin.configurable
+class PrintedSynthetic(SyntheticData):
+    def _decode(self, records, split):
+        if split == "train":
+            stream = "file://" + os.environ["NOTES"]
+
+            def note(index):
+                with tf.control_dependencies([tf.print(index, output_stream=stream)]):
+                    return tf.identity(index)
+
+            records = records.map(note)
+        return super()._decode(records, split)
+"""
+
+
+@pytest.fixture
+def data_service(tmp_path):
+    """Starts a `resnet-data-service` dispatcher and workers on 127.0.0.1: `start(workers)` gives
+    the dispatcher's address and the worker processes; every process is ended at the end."""
+    from services import DISPATCHER_LINE, START_TIMEOUT, WORKER_LINE, Service
+
+    started = []
+
+    def start(workers):
+        dispatcher = Service(tmp_path, "dispatcher", "--dispatcher")
+        started.append(dispatcher)
+        address = DISPATCHER_LINE.fullmatch(dispatcher.next_line(START_TIMEOUT))[1]
+        return address, [add_worker(address) for _ in range(workers)]
+
+    def add_worker(address):
+        worker = Service(tmp_path, f"worker{len(started)}", "--worker", f"--dispatcher_address={address}")
+        started.append(worker)
+        assert WORKER_LINE.fullmatch(worker.next_line(START_TIMEOUT))
+        return worker
+
+    start.add_worker = add_worker
+    yield start
+    for service in started:
+        service.end()
+
+
+def printed_run(tmp_path, **source):
+    """The arguments of a demo run on `PrintedSynthetic` data, and its environment with the notes in `notes`."""
+    (tmp_path / "printed_source.py").write_text(PRINTED_SOURCE)
+    (tmp_path / "printed.gin").write_text(
+        "import printed_source\n"
+        "Trainer.data = @PrintedSynthetic()\n"
+        + "".join(f"PrintedSynthetic.{key} = {value}\n" for key, value in source.items())
+    )
+    args = ["--gin_file=experiments/demo", f"--gin_file={tmp_path / 'printed.gin'}"]
+    return args, dict(PYTHONPATH=str(tmp_path))
+
+
+def noted(path):
+    return [int(line) for line in path.read_text().split()]
+
+
+def test_two_trainers_get_every_example_once_per_epoch_from_a_data_service(tmp_path, cluster, data_service):
+    """A dispatcher, two service workers and two training workers: the service decodes each
+    training example once per epoch, the training hosts none, and the run trains on the batches
+    it trains on without the service (same figures)."""
+    address, _ = data_service(workers=2)
+    args, env = printed_run(tmp_path, train_examples=160, eval_examples=40, image_size=32, num_classes=10)
+    params = [
+        "Trainer.strategy = 'multi_worker_mirrored'",
+        "Trainer.steps_per_epoch = None",  # an epoch is one pass: each example once
+        "Trainer.batch_size = 16",
+        "InputPipeline.eval_batch_size = 40",
+        "Trainer.cluster_timeout = 60",
+    ]
+    served = params + [f"InputPipeline.data_service = '{address}'", "InputPipeline.data_service_timeout = 120"]
+
+    def run(model_dir, params, epochs, notes):
+        for index in (0, 1):
+            cluster.start(index, model_dir, [*params, f"Trainer.epochs = {epochs}"], args=args, NOTES=str(notes), **env)
+        for code, _, err, _ in cluster.finish().values():
+            assert code == 0, err
+
+    # One epoch, then a second one by resuming the run: each reads the whole split once.
+    for epoch in (1, 2):
+        notes = tmp_path / f"served-{epoch}.txt"
+        run(tmp_path / "served", served, epoch, notes)
+        assert sorted(noted(notes)) == list(range(160)), epoch
+    run(tmp_path / "local", params, 2, tmp_path / "local.txt")
+    assert len(noted(tmp_path / "local.txt")) == 2 * 160  # the same count decoded on the training hosts
+    for want, got in zip(metrics(tmp_path / "local"), metrics(tmp_path / "served"), strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-6, abs=1e-7), key
+
+
+def test_a_service_worker_lost_mid_epoch_ends_training_in_one_line_and_the_run_resumes(tmp_path, cluster, data_service):
+    """A service worker killed mid-epoch: the trainer, which would wait for its batches without
+    end, exits with `CLUSTER_ERROR_EXIT_CODE` and one line after `data_service_timeout`; with a
+    new service worker the same command resumes, on the batches of a run without the service."""
+    from resnet.training.distribution import CLUSTER_ERROR_EXIT_CODE
+
+    address, (worker,) = data_service(workers=1)
+    args, env = printed_run(tmp_path, train_examples=960, eval_examples=40, image_size=32, num_classes=10)
+    params = [
+        "Trainer.epochs = 1",
+        "Trainer.steps_per_epoch = 60",
+        "Trainer.batch_size = 16",
+        "Trainer.backup_every_steps = 2",
+        "InputPipeline.eval_batch_size = 40",
+    ]
+    served = params + [f"InputPipeline.data_service = '{address}'", "InputPipeline.data_service_timeout = 15"]
+    model_dir = tmp_path / "served"
+    env.update(NOTES=str(tmp_path / "notes.txt"))
+    trainer = cluster.start(0, model_dir, served, args=args, alone=True, **env)
+    wait_for_backup(model_dir, [trainer], minimum_step=2)
+    worker.process.kill()
+    worker.process.wait(timeout=20)
+    [(code, _, err, _)] = cluster.finish(timeout=120).values()
+    assert code == CLUSTER_ERROR_EXIT_CODE, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: No training batch came from the tf.data service at {address} within "
+        "`InputPipeline.data_service_timeout`=15 s: a service worker probably stopped"
+    ), err
+    assert "The newest backup, " in last and "run the same command to resume from there." in last, last
+    stopped_at = int(latest_backup(model_dir).rsplit("-", 1)[1])
+    assert 2 <= stopped_at < 60
+
+    data_service.add_worker(address)
+    cluster.start(0, model_dir, served, args=args, alone=True, **env)
+    [(code, _, err, _)] = cluster.finish(timeout=300).values()
+    assert code == 0, err
+    cluster.start(0, tmp_path / "local", params, args=args, alone=True, **env)
+    [(code, _, err, _)] = cluster.finish(timeout=300).values()
+    assert code == 0, err
+    [want], [got] = metrics(tmp_path / "local"), metrics(model_dir)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-6, abs=1e-7), key

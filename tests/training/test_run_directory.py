@@ -148,6 +148,9 @@ def test_same_run_with_resumable_changes_passes(location, recorded):
         "Trainer.progress = 'epoch'",
         "Trainer.cluster_timeout = 30.0",
         "InputPipeline.eval_batch_size = 120",
+        "InputPipeline.data_service = 'grpc://localhost:5050'",
+        "InputPipeline.data_service_lanes = 4",
+        "InputPipeline.data_service_timeout = 60",
     )
     # Another strategy and other devices too (a trainer built here has one device: edited in).
     assert "Trainer.strategy = 'default'" in resumed and "Trainer.logical_cpus = None" in resumed
