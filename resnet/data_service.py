@@ -6,14 +6,14 @@ CPUs read, decode and augment the training input.
         --worker_address=$(hostname):%port%                                      # on each input host
 
 The dispatcher keeps the registry of datasets, jobs and workers and serves no data. A client
-registers an input pipeline with it (`dataset.apply(tf.data.experimental.service.distribute(
-"distributed_epoch", "grpc://dispatcher-host:5050", job_name=...))`); the dispatcher hands the
-work to the workers, which run the pipeline and send the elements straight to the client.
-(`resnet-train`'s own `InputPipeline` does not read through the service: its guarantees, the
-same global batches for any number of workers and exact resume, need an order the service's
-dynamic sharing does not keep.) Start one dispatcher and any number of workers, in any order: a
-worker waits for its dispatcher (saying so once) and registers when it answers, also while
-training runs.
+registers an input pipeline with it and the dispatcher hands the work to the workers, which run
+the pipeline and send the elements straight to the client. `resnet-train` does so with
+`InputPipeline.data_service = 'grpc://dispatcher-host:5050'`: each training worker's part of the
+global batches goes through `InputPipeline.data_service_lanes` jobs, each made in order by one
+service worker, so the batches are those of a run without the service (see
+`InputPipeline.train`). Start one dispatcher and any number of workers, in any order: a worker
+waits for its dispatcher (saying so once) and registers when it answers, also while training
+runs.
 
 With `--work_dir` (a path or a TensorFlow file system URI such as `gs://...`) the dispatcher
 writes its state to a journal there (`tf_data_dispatcher_journal/`, the registered datasets in
@@ -23,7 +23,9 @@ training hosts' reads go on after a pause. Without it, a restart fails every rea
 A worker that dies while a training host reads from it is not replaced: the read waits, with
 no error (still after 13 minutes, past the dispatcher's 10-minute worker timeout, in our
 trials), and a worker started in its place takes on new work but never finishes the lost one's
-part of the epoch. Restart such a run from its last checkpoint.
+part of the epoch. `resnet-train` therefore gives up after `InputPipeline.data_service_timeout`
+seconds without a batch, exiting with code 75 and one line; started again with the same command
+once the service has its workers, it resumes from its newest backup on the same batches.
 
 What a worker needs: TensorFlow with the ops of the pipeline (the training hosts' version is
 safest) and read access to the data files (the paths in the gin config, e.g. on `gs://` or a

@@ -199,6 +199,20 @@ class InputPipeline:
         bytes, but which images meet in a global batch depends on `W`. Every pipeline gives
         `steps` batches per epoch (by default the split's records over `batch_size`), passing
         over its own shards as often as that takes.
+
+        With `data_service`, the records are read, decoded and augmented by the workers of a
+        tf.data service, and this process only receives the batches. Its part of the global
+        batches is cut into `data_service_lanes` lanes, lane `j` holding its steps `j`,
+        `j + lanes`, ...; each lane is one job of the service with a single split, so one service
+        worker makes it, in order: it reads the undecoded stream above, keeps the records of
+        the lane's steps, and decodes and augments only those, each with the random numbers of
+        its place in the global stream. This process reads the lanes in turn, a step from each.
+        So the batches are the same as without the service, to the bit, for any number of
+        workers, resumed anywhere; the cache is not used (the service decodes from the records)
+        and a source that drops records (`skip_corrupt`) is refused. A lane goes to the first
+        service worker that asks for it (one worker may make several, side by side); a service
+        worker that dies leaves its lanes unfinished, and reading them then waits without end
+        (the trainer gives up after `data_service_timeout`).
         """
         check_int("epoch", epoch, minimum=0)
         check_int("skip_steps", skip_steps, minimum=0)

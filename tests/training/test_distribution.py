@@ -531,11 +531,11 @@ def test_a_run_resumes_on_another_number_of_workers(tmp_path, cluster):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=2e-3, abs=1e-5), (expected, actual)
 
 
-# Synthetic images whose training records (their indices) are noted, as they are decoded, in the
-# file $NOTES by a tf.print: an op, which runs wherever the dataset runs, a tf.data service
-# worker included (Python in a dataset would run only in the process that built it).
+# Synthetic images whose training records (their indices) are printed, as they are decoded, on
+# stderr by a tf.print: an op, which runs wherever the dataset runs, on a tf.data service worker
+# too (Python in a dataset would run only in the process that built it).
 PRINTED_SOURCE = """
-import os
+import sys
 
 import gin
 import tensorflow as tf
@@ -547,10 +547,9 @@ from resnet.data.in_memory import SyntheticData
 class PrintedSynthetic(SyntheticData):
     def _decode(self, records, split):
         if split == "train":
-            stream = "file://" + os.environ["NOTES"]
 
             def note(index):
-                with tf.control_dependencies([tf.print(index, output_stream=stream)]):
+                with tf.control_dependencies([tf.print(index, output_stream=sys.stderr)]):
                     return tf.identity(index)
 
             records = records.map(note)
@@ -585,7 +584,7 @@ def data_service(tmp_path):
 
 
 def printed_run(tmp_path, **source):
-    """The arguments of a demo run on `PrintedSynthetic` data, and its environment with the notes in `notes`."""
+    """The arguments and environment of a demo run on `PrintedSynthetic` data of `source`."""
     (tmp_path / "printed_source.py").write_text(PRINTED_SOURCE)
     (tmp_path / "printed.gin").write_text(
         "import printed_source\n"
@@ -596,15 +595,16 @@ def printed_run(tmp_path, **source):
     return args, dict(PYTHONPATH=str(tmp_path))
 
 
-def noted(path):
-    return [int(line) for line in path.read_text().split()]
+def printed(stderr):
+    """The training records a process decoded, as `PrintedSynthetic` printed them on its stderr."""
+    return [int(line) for line in stderr.splitlines() if line.strip().isdigit()]
 
 
 def test_two_trainers_get_every_example_once_per_epoch_from_a_data_service(tmp_path, cluster, data_service):
     """A dispatcher, two service workers and two training workers: the service decodes each
     training example once per epoch, the training hosts none, and the run trains on the batches
     it trains on without the service (same figures)."""
-    address, _ = data_service(workers=2)
+    address, workers = data_service(workers=2)
     args, env = printed_run(tmp_path, train_examples=160, eval_examples=40, image_size=32, num_classes=10)
     params = [
         "Trainer.strategy = 'multi_worker_mirrored'",
@@ -615,19 +615,24 @@ def test_two_trainers_get_every_example_once_per_epoch_from_a_data_service(tmp_p
     ]
     served = params + [f"InputPipeline.data_service = '{address}'", "InputPipeline.data_service_timeout = 120"]
 
-    def run(model_dir, params, epochs, notes):
+    def run(model_dir, params, epochs):
+        """The records each training worker decoded."""
         for index in (0, 1):
-            cluster.start(index, model_dir, [*params, f"Trainer.epochs = {epochs}"], args=args, NOTES=str(notes), **env)
-        for code, _, err, _ in cluster.finish().values():
+            cluster.start(index, model_dir, [*params, f"Trainer.epochs = {epochs}"], args=args, **env)
+        results = cluster.finish().values()
+        for code, _, err, _ in results:
             assert code == 0, err
+        return [printed(err) for _, _, err, _ in results]
 
-    # One epoch, then a second one by resuming the run: each reads the whole split once.
+    # One epoch, then a second one by resuming the run: the service reads the whole split once
+    # in each, the training hosts nothing.
     for epoch in (1, 2):
-        notes = tmp_path / f"served-{epoch}.txt"
-        run(tmp_path / "served", served, epoch, notes)
-        assert sorted(noted(notes)) == list(range(160)), epoch
-    run(tmp_path / "local", params, 2, tmp_path / "local.txt")
-    assert len(noted(tmp_path / "local.txt")) == 2 * 160  # the same count decoded on the training hosts
+        before = [len(printed(worker.stderr())) for worker in workers]
+        assert run(tmp_path / "served", served, epoch) == [[], []]
+        decoded = [printed(worker.stderr())[count:] for worker, count in zip(workers, before, strict=True)]
+        assert sorted(sum(decoded, [])) == list(range(160)), (epoch, decoded)
+    local = run(tmp_path / "local", params, 2)
+    assert sorted(sum(local, [])) == sorted(list(range(160)) * 2)  # without the service: each half of each batch
     for want, got in zip(metrics(tmp_path / "local"), metrics(tmp_path / "served"), strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-6, abs=1e-7), key
@@ -650,7 +655,6 @@ def test_a_service_worker_lost_mid_epoch_ends_training_in_one_line_and_the_run_r
     ]
     served = params + [f"InputPipeline.data_service = '{address}'", "InputPipeline.data_service_timeout = 15"]
     model_dir = tmp_path / "served"
-    env.update(NOTES=str(tmp_path / "notes.txt"))
     trainer = cluster.start(0, model_dir, served, args=args, alone=True, **env)
     wait_for_backup(model_dir, [trainer], minimum_step=2)
     worker.process.kill()
