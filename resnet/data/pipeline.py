@@ -62,7 +62,8 @@ class InputPipeline:
             the service (see `train`). Evaluation still runs on the training hosts.
         data_service_lanes: Streams each training host reads from the service: step `k` comes
             from stream `k % lanes`, and each stream is produced, in order, by one service worker
-            at a time. At least the number of service workers, for all of them to work.
+            at a time. The lanes of all training hosts together should be at least as many as
+            the service workers, for all of them to have work.
         data_service_timeout: Seconds a training host waits for a batch from the service before
             it gives up (a service worker that dies mid-epoch leaves its stream unfinished; see
             `resnet.training.epochs`).

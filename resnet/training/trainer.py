@@ -220,6 +220,12 @@ class Trainer:
             flush=True,
         )
         self.pipeline = InputPipeline(self.data, self.preprocessing, batch_size=self.batch_size, seed=self.seed)
+        if self.pipeline.data_service is not None:
+            print(
+                f"Training images come from the tf.data service at {self.pipeline.data_service}, in "
+                f"{self.pipeline.data_service_lanes} lane(s) per worker.",
+                flush=True,
+            )
         self.steps = self.steps_per_epoch or self.pipeline.steps_per_epoch()
         count = None if self.steps else self.data.num_examples("train")  # counted again only to explain
         if count is not None:

@@ -101,6 +101,7 @@ def test_keras_negative_moving_variance_loads_nothing():
         np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
 
 
+@pytest.mark.slow  # 7-9 s: the quick loop keeps the numerical checks
 def test_keras_loader_refuses_other_layouts_and_files(tmp_path):
     with pytest.raises(ValueError, match=r"does not have a keras.applications ResNet layout.*stride_on='3x3'"):
         interop.load_keras_applications_weights(resnet.build("resnet50"), tmp_path / "x.h5")

@@ -620,8 +620,10 @@ def test_two_trainers_get_every_example_once_per_epoch_from_a_data_service(tmp_p
         for index in (0, 1):
             cluster.start(index, model_dir, [*params, f"Trainer.epochs = {epochs}"], args=args, **env)
         results = cluster.finish().values()
-        for code, _, err, _ in results:
+        for code, out, err, _ in results:
             assert code == 0, err
+            said = f"Training images come from the tf.data service at {address}, in 2 lane(s) per worker." in out
+            assert said == (params is served), out
         return [printed(err) for _, _, err, _ in results]
 
     # One epoch, then a second one by resuming the run: the service reads the whole split once
