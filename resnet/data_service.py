@@ -69,7 +69,7 @@ from absl import app, flags
 
 from resnet import cli
 from resnet.training import distribution
-from resnet.validation import first_line
+from resnet.validation import first_line, is_host_port
 
 PROTOCOL = "grpc"
 DEFAULT_WORKER_ADDRESS = "localhost:%port%"
@@ -149,23 +149,16 @@ class ServiceSettings:
         address = dispatcher_address.strip()
         if address.startswith(f"{PROTOCOL}://"):
             address = address[len(f"{PROTOCOL}://") :]
-        if not _is_host_port(address):
+        if not is_host_port(address):
             raise ValueError(
                 f"--dispatcher_address must be host:port or grpc://host:port; received {dispatcher_address!r}."
             )
         worker_address = DEFAULT_WORKER_ADDRESS if worker_address is None else worker_address.strip()
-        if not _is_host_port(worker_address, placeholder="%port%"):
+        if not is_host_port(worker_address, placeholder="%port%"):
             raise ValueError(
                 f"--worker_address must be host:port, where port may be %port% (--port's); received {worker_address!r}."
             )
         return cls("worker", port, dispatcher_address=address, worker_address=worker_address)
-
-
-def _is_host_port(address: str, placeholder: str | None = None) -> bool:
-    """Whether `address` is `host:port` (an IPv6 host in brackets), with a port number or `placeholder`."""
-    host, colon, port = address.rpartition(":")
-    number_ok = port.isdigit() and 0 < int(port) <= 65535
-    return bool(colon and host and "/" not in host and " " not in host) and (number_ok or port == placeholder)
 
 
 def _free_port(port: int) -> int:

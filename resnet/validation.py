@@ -43,6 +43,13 @@ def check_int_sequence(argument: str, value: Any, length: int | None = None, min
     return tuple(value)
 
 
+def is_host_port(address: str, placeholder: str | None = None) -> bool:
+    """Whether `address` is `host:port` (an IPv6 host in brackets), with a port number or `placeholder`."""
+    host, colon, port = address.rpartition(":")
+    number_ok = port.isdigit() and 0 < int(port) <= 65535
+    return bool(colon and host and "/" not in host and " " not in host) and (number_ok or port == placeholder)
+
+
 def listing(items: Sequence[str], limit: int = 8) -> str:
     """`items` joined with commas for an error message, the first `limit` of them and how many more."""
     shown = ", ".join(items[:limit])

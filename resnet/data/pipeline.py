@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from resnet.data.base import DataSource
 from resnet.data.preprocessing import Preprocessing
-from resnet.validation import check_int
+from resnet.validation import check_int, is_host_port
 
 SHARD_BY = ("batches", "files")
 """How the workers of a multi-worker run divide the training input (`InputPipeline.shard_by`)."""
@@ -466,8 +466,7 @@ def _check_service_address(address: str | None) -> str | None:
         return None
     if isinstance(address, str):
         protocol, _, rest = address.rpartition("://")
-        host, _, port = rest.rpartition(":")
-        if protocol in ("", "grpc") and host and port.isdigit() and 0 < int(port) < 65536 and "/" not in rest:
+        if protocol in ("", "grpc") and is_host_port(rest):
             return f"grpc://{rest}"
     raise ValueError(
         "`InputPipeline.data_service` must be the address of a tf.data service dispatcher, 'grpc://host:port' "
