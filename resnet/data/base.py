@@ -7,7 +7,8 @@ before it pays for decoding: `records(split)` gives the split's undecoded record
 order (image paths, serialized TFRecord Examples, the indices of synthetic images; the examples
 themselves for arrays held in memory and for TFDS, which decodes as it reads), and
 `decode(records, split)` reads and decodes any reordering, subset or repetition of them, in the
-order given. `examples(split)` is the two in a row.
+order given. `examples(split)` is the two in a row. `class_names` names the labels where the source
+knows them (from its metadata, never by reading the examples).
 
 Mistakes that can be seen without reading the data (a missing directory, a pattern that matches
 no file, a directory in the wrong layout, TFRecords with other feature names) raise `DataError`,
@@ -45,6 +46,11 @@ class DataSource(abc.ABC):
     Attributes:
         name: Short name used in run-directory names, e.g. "digits", "cifar10".
         num_classes: Labels are integers in `[0, num_classes)`.
+        class_names: A property: `num_classes` names, `class_names[label]` naming label `label`,
+            or None where the source does not know them (`SyntheticData`, TFRecord shards
+            without a manifest). Read from what describes the data (a meta file, a manifest, the
+            class directories, the dataset's info), never from the examples; a subclass that knows
+            them overrides it.
 
     Example:
 
@@ -56,10 +62,17 @@ class DataSource(abc.ABC):
     >>> tail = source.records("train").shuffle(64, seed=0).skip(1000)   # nothing decoded yet
     >>> len(list(source.decode(tail, "train")))
     437
+    >>> source.class_names[:3]
+    ['0', '1', '2']
     """
 
     name: str
     num_classes: int
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The label names, `class_names[label]` naming label `label`; None where the source does not know them."""
+        return None
 
     def examples(self, split: str) -> tf.data.Dataset:
         """Unbatched `(image uint8 [H, W, 3], label int32)` pairs of `split` ('train' or 'eval'), in a fixed order."""

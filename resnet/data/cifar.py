@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import pickle
 from typing import Any
@@ -113,8 +114,9 @@ class CifarData(_ArraySource):
     pickled dict whose `data` is a uint8 array (N, 3072), rows of 3x32x32 pixels in channel-major
     order. Files are read with an unpickler that only rebuilds numpy arrays (a file that names
     any other global is refused, never run), and checked for shape and label range when a split is
-    first used. The directory layout is checked at construction. The class names, where wanted
-    (`read_class_names`), come from `batches.meta` (CIFAR-10) or `meta` (CIFAR-100).
+    first used. The directory layout is checked at construction. The class names (`class_names`,
+    `read_class_names`) come from `batches.meta` (CIFAR-10) or `meta` (CIFAR-100), where the
+    directory has it.
 
     Args:
         data_dir: The directory holding the batch files.
@@ -186,6 +188,16 @@ class CifarData(_ArraySource):
             (name, *_load_cifar_batch(self._path(name), self._label_key, self.num_classes))
             for name in self._files[_check_split(split)]
         ]
+
+    @functools.cached_property
+    def class_names(self) -> list[str] | None:
+        """The names in the directory's meta file (`read_class_names`, read on first use),
+        `class_names[label]` naming a label; None without that file.
+
+        Raises:
+            DataError: The meta file cannot be read, or does not hold `num_classes` names.
+        """
+        return self.read_class_names()
 
     def read_class_names(self) -> list[str] | None:
         """The class names in the directory's meta file (`batches.meta` for CIFAR-10, the fine label

@@ -50,18 +50,16 @@ def _list_classes(argument: str, directory: str) -> dict[str, list[str]]:
 class ImageFolderData(_EncodedImageSource):
     """Images in one subdirectory per class, e.g. `train/cat/0001.jpg`, `eval/dog/0042.png`.
 
-    Class names are sorted to give label indices; both splits must have the same classes. Files
-    ending in .jpg, .jpeg or .png (any case) directly inside a class directory are read; hidden
-    files (such as macOS `._*` resource forks) are ignored. Images are decoded in parallel in the
-    graph; corrupt ones are reported as `resnet.data.corrupt_records` describes.
+    Class directory names are sorted to give label indices (`class_names` lists them in that
+    order); both splits must have the same classes. Files ending in .jpg, .jpeg or .png (any
+    case) directly inside a class directory are read; hidden files (such as macOS `._*` resource
+    forks) are ignored. Images are decoded in parallel in the graph; corrupt ones are reported as
+    `resnet.data.corrupt_records` describes.
 
     Args:
         train_dir: Directory of the 'train' split.
         eval_dir: Directory of the 'eval' split.
         skip_corrupt: Drop and count unreadable images instead of failing.
-
-    Attributes:
-        class_names: Sorted class directory names; `class_names[label]` names a label.
 
     Example:
 
@@ -84,16 +82,21 @@ class ImageFolderData(_EncodedImageSource):
                 f"The class directories of `ImageFolderData.train_dir` {train_dir!r} and `eval_dir` {eval_dir!r} "
                 f"differ: only in train: {only_train}; only in eval: {only_eval}."
             )
-        self.class_names = sorted(splits["train"])
-        self.num_classes = len(self.class_names)
+        self._class_names = sorted(splits["train"])
+        self.num_classes = len(self._class_names)
         self.name = os.path.basename(os.path.dirname(train_dir.rstrip("/\\"))) or "images"
         self._files = {
             split: (
-                [path for name in self.class_names for path in classes[name]],
-                [label for label, name in enumerate(self.class_names) for _ in classes[name]],
+                [path for name in self._class_names for path in classes[name]],
+                [label for label, name in enumerate(self._class_names) for _ in classes[name]],
             )
             for split, classes in splits.items()
         }
+
+    @property
+    def class_names(self) -> list[str]:
+        """The sorted class directory names; `class_names[label]` names a label."""
+        return list(self._class_names)
 
     def _num_examples(self, split: str) -> int:
         return len(self._files[split][0])

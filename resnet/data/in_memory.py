@@ -54,6 +54,11 @@ class DigitsData(_ArraySource):
     name = "digits"
     num_classes = 10
 
+    @property
+    def class_names(self) -> list[str]:
+        """The digits "0" .. "9": label `d` is the digit `d`."""
+        return [str(digit) for digit in range(self.num_classes)]
+
     def __init__(self, validation_fraction: float = 0.2, image_size: int = 32, seed: int = 0):
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -91,7 +96,8 @@ class SyntheticData(DataSource):
     """Random images and labels made inside the `tf.data` graph, for benchmarks.
 
     Element `i` of a split is drawn by stateless random ops keyed on (`seed`, split, `i`), so the
-    data is the same on every run and every machine, and costs no I/O. Its record is `i`.
+    data is the same on every run and every machine, and costs no I/O. Its record is `i`. Its
+    classes have no names (`class_names` is None).
 
     Args:
         train_examples: Size of the 'train' split.

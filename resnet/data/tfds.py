@@ -81,6 +81,13 @@ class TfdsData(DataSource):
         self.num_classes = int(info.features[label_key].num_classes)
         self._image_key, self._label_key = image_key, label_key
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the `label_key` `ClassLabel` in the dataset's info (what TFDS's `int2str`
+        gives: "0", "1", ... for a label defined by its count only); None for a feature without names."""
+        names = getattr(self._builder.info.features[self._label_key], "names", None)
+        return [str(name) for name in names] if names is not None else None
+
     def _num_examples(self, split: str) -> int:
         return int(self._builder.info.splits[self._splits[split]].num_examples)
 

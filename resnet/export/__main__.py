@@ -6,9 +6,11 @@
 Every format takes uint8 RGB images and returns probabilities and classes: `saved_model/` and
 `model.onnx` for any image size, `model.tflite` (and `model_int8.tflite`, `model_float16.tflite`)
 for one fixed size, by default the one the run's evaluation preprocessing takes without
-resizing. Each file is loaded in its runtime and checked against the Keras model before the
-export is reported done. Runs on one device whatever strategy the run trained with;
-`--model_dir` and `--output` may be local paths or TensorFlow file system URIs.
+resizing. `labels.txt` names the classes, one a line, where the run's data source knows their
+names (`DataSource.class_names`; `resnet.export.serving.read_labels` reads it). Each file is
+loaded in its runtime and checked against the Keras model before the export is reported done.
+Runs on one device whatever strategy the run trained with; `--model_dir` and `--output` may be
+local paths or TensorFlow file system URIs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from resnet import cli
 from resnet.export import deploy
 from resnet.export.serving import (
     CALIBRATION_IMAGES,
+    LABELS_FILE,
     MAX_INPUT_SIDE,
     check_input_side,
     check_output,
@@ -71,6 +74,7 @@ def main(argv: list[str]) -> None:
     size = _input_size(FLAGS.tflite_input_size)
     check_output(FLAGS.output, FLAGS.overwrite, model_dir=FLAGS.model_dir)  # before the slow restore
     trainer, model, evaluator, path = cli.restored_model(FLAGS.model_dir, FLAGS.gin_param, FLAGS.checkpoint)
+    class_names = trainer.data.class_names
     output = export_for_serving(
         model,
         trainer.preprocessing,
@@ -84,8 +88,15 @@ def main(argv: list[str]) -> None:
         tflite_input_size=size,
         progress=lambda line: print(line, flush=True),
         model_dir=FLAGS.model_dir,
+        class_names=class_names,
     )
-    print(f"Exported {path} to {output}/ ({', '.join(FLAGS.formats)}, model.keras; see export.json)", flush=True)
+    labels = (
+        f"{LABELS_FILE} ({len(class_names)} class names)"
+        if class_names is not None
+        else f"no {LABELS_FILE}: {trainer.data.name!r} does not name its classes"
+    )
+    files = ", ".join([*FLAGS.formats, "model.keras"])
+    print(f"Exported {path} to {output}/ ({files}, {labels}; see export.json)", flush=True)
 
 
 def run() -> None:

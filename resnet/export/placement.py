@@ -28,7 +28,7 @@ from resnet.storage.files import join, local_path, write_atomically
 
 # What an export directory holds: an existing `output` holding anything else is not replaced.
 EXPORT_ENTRIES = frozenset(
-    {"saved_model", "model.keras", "model.onnx", "export.json", "model.tflite"}
+    {"saved_model", "model.keras", "model.onnx", "export.json", "labels.txt", "model.tflite"}
     | {f"model_{kind}.tflite" for kind in deploy.QUANTIZATIONS}
 )
 # Beside `output`, an export in progress owns `.<output name>.<8 hex digits>.<kind>` of these kinds.

@@ -19,10 +19,12 @@ from resnet.data.preprocessing import Preprocessing, resize_to_fill
 from resnet.export import deploy
 from resnet.export.placement import Workspace, check_output, remove_abandoned
 from resnet.fold import fold_batch_norm
-from resnet.storage.files import join
+from resnet.storage.files import join, read_text
 from resnet.validation import check_int
 
 CHECK_IMAGES = 16
+LABELS_FILE = "labels.txt"
+"""The class names of an export, one a line (UTF-8), at its top beside the formats: `read_labels`."""
 CALIBRATION_IMAGES = 256
 MAX_INPUT_SIDE = 8192
 """The largest image side an export takes (`tflite_input_size`, also the size its checks run at).
@@ -45,6 +47,7 @@ def export_for_serving(
     tflite_input_size: Sequence[int] | None = None,
     progress: Callable[[str], None] | None = None,
     model_dir: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> str:
     """Writes the model with its preprocessing inside in each of `formats`, and `model.keras`, to `output`.
 
@@ -65,7 +68,9 @@ def export_for_serving(
     against the trained Keras model on `CHECK_IMAGES` images (the first of `data`'s eval split,
     or seeded random images without `data`), and dynamic-size formats (and `model.keras`,
     loaded back with the serving preprocessing around it) also at a second size; `export.json`
-    lists the files with what was measured.
+    lists the files with what was measured (`"files"`) and names the labels file (`"labels"`:
+    "labels.txt", or null). With `class_names`, `labels.txt` holds them, one a line in UTF-8,
+    line `i` naming class `i` of every format (`read_labels` reads them back).
 
     `output` is a local path or any TensorFlow file system URI (`gs://...`, `ram://...`); all
     is written through `tf.io.gfile`. The export is written to its own staging directory beside
@@ -108,6 +113,9 @@ def export_for_serving(
         progress: Called with a line of text as each step starts and ends.
         model_dir: The run the model comes from: an `output` that is it, holds it or lies inside
             it is refused (see `check_output`).
+        class_names: Names of the model's classes, `class_names[i]` naming class `i` (e.g. the
+            run's `data.class_names`), written to `labels.txt`: as many as the model has classes,
+            each a non-empty single line. None writes no `labels.txt`.
 
     Returns:
         The output directory.
@@ -126,6 +134,8 @@ def export_for_serving(
     if len(size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
         raise ValueError(f"`tflite_input_size` must be (height, width), two positive integers; received {size!r}.")
     check_input_side(size, repr(size))
+    if class_names is not None:
+        class_names = _check_class_names(class_names, model)
     output = check_output(output, overwrite, model_dir)
     progress = progress or (lambda line: None)
     parent = os.path.dirname(output)
@@ -133,10 +143,27 @@ def export_for_serving(
         tf.io.gfile.makedirs(parent)
     remove_abandoned(output, progress)
     with Workspace(output) as workspace:
-        exporter = _Exporter(model, preprocessing, workspace.staging, from_logits, data, size, progress)
+        exporter = _Exporter(model, preprocessing, workspace.staging, from_logits, data, size, progress, class_names)
         exporter.write(formats, quantize, calibration_images)
         workspace.swap(overwrite, model_dir)
     return output
+
+
+def read_labels(export_dir: str | os.PathLike) -> list[str] | None:
+    """The class names an export holds in `labels.txt`, `names[i]` naming class `i`; None without the file.
+
+    `export_dir` may be a local path or any TensorFlow file system URI, as for `export_for_serving`.
+
+    Raises:
+        ValueError: `labels.txt` is not UTF-8 text (the line and byte named).
+
+    Example:
+
+    >>> read_labels("exports/demo")[:3]   # doctest: +SKIP
+    ['0', '1', '2']
+    """
+    text = read_text(join(os.fspath(export_dir), LABELS_FILE))
+    return None if text is None else text.splitlines()
 
 
 def check_input_side(size: Sequence[int], received: str) -> None:
@@ -164,6 +191,27 @@ def calibration_batches(data: DataSource, size: Sequence[int], count: int) -> Ca
     return batches
 
 
+def _check_class_names(class_names: Sequence[str], model: keras.Model) -> list[str]:
+    """`class_names` as a list, refused unless it names each of the model's classes in one non-empty line."""
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
+        raise ValueError(f"`class_names` must be a list of strings, one per class; received {class_names!r}.")
+    for label, name in enumerate(class_names):
+        if not isinstance(name, str):
+            raise ValueError(f"`class_names` must be strings; class {label} is {name!r}.")
+        if name.splitlines() != [name]:  # "" or a name holding a line break
+            what = "is empty" if not name else "holds a line break"
+            raise ValueError(
+                f"`class_names` are written to {LABELS_FILE}, one a line: the name of class {label} {what}; "
+                f"received {name!r}."
+            )
+    classes = model.outputs[0].shape[-1]
+    if len(class_names) != classes:
+        raise ValueError(
+            f"`class_names` must name each of the model's {classes} classes; received {len(class_names)} names."
+        )
+    return list(class_names)
+
+
 def _check_formats(formats: Sequence[str], quantize: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     for argument, values, allowed in (
         ("formats", formats, deploy.FORMATS),
@@ -183,8 +231,9 @@ def _check_formats(formats: Sequence[str], quantize: Sequence[str]) -> tuple[tup
 class _Exporter:
     """Writes the formats into a staging directory, checking each file as it is written."""
 
-    def __init__(self, model, preprocessing, directory, from_logits, data, size, progress):
+    def __init__(self, model, preprocessing, directory, from_logits, data, size, progress, class_names):
         self.model, self.directory, self.data, self.size, self.progress = model, directory, data, size, progress
+        self.class_names = class_names
         # Every format serves the network with its batch norms folded into the convolutions; the
         # checks hold it to the trained model itself (`reference`), in that model's precision.
         self.served = fold_batch_norm(model)
@@ -215,10 +264,17 @@ class _Exporter:
             with tf.io.gfile.GFile(join(self.directory, "model.onnx"), "wb") as file:
                 file.write(content)
             self._check("model.onnx", deploy.OnnxRunner(self._read("model.onnx")), image_size="any")
+        if self.class_names is not None:
+            self.progress(f"Writing {LABELS_FILE} ({len(self.class_names)} class names)...")
+            with tf.io.gfile.GFile(join(self.directory, LABELS_FILE), "wb") as file:
+                file.write("".join(f"{name}\n" for name in self.class_names).encode("utf-8"))
+        description = {
+            "inputs": "images: uint8 [batch, height, width, 3], RGB",
+            "files": self.files,
+            "labels": LABELS_FILE if self.class_names is not None else None,
+        }
         with tf.io.gfile.GFile(join(self.directory, "export.json"), "w") as file:
-            file.write(
-                json.dumps({"inputs": "images: uint8 [batch, height, width, 3], RGB", "files": self.files}, indent=2)
-            )
+            file.write(json.dumps(description, indent=2))
 
     def _write_tflite(self, quantize: Sequence[str], calibration_images: int) -> None:
         height, width = self.size

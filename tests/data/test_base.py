@@ -25,6 +25,7 @@ def test_a_source_whose_records_are_examples_needs_only_records_and_num_examples
     source = Squares()
     labels = [int(label) for _, label in source.examples("train")]
     assert labels == [0, 1, 2, 3] and source.num_examples("eval") == 4
+    assert source.class_names is None  # a source that does not name its classes
     reordered = list(source.decode(source.records("eval").shuffle(4, seed=1).skip(1), "eval"))
     expected = list(source.examples("eval").shuffle(4, seed=1).skip(1))
     assert len(reordered) == 3

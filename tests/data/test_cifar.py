@@ -119,3 +119,20 @@ def test_cifar_a_batch_that_cannot_be_read_is_named(tmp_path):
     os.mkdir(tmp_path / "test_batch")
     with pytest.raises(DataError, match=r"test_batch: cannot be read: .*[Ii]s a directory"):
         source.examples("eval")
+
+
+def test_cifar_class_names_come_from_the_meta_file_without_reading_a_batch(tmp_path):
+    write_cifar10(tmp_path, per_batch=1)
+    assert CifarData(str(tmp_path)).class_names is None  # no batches.meta
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(tmp_path / "batches.meta", "wb") as file:
+        pickle.dump({b"label_names": [name.encode() for name in names], b"num_vis": 3072}, file, protocol=2)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / name).write_bytes(b"")  # unreadable: the names must not need the images
+    source = CifarData(str(tmp_path))
+    assert source.class_names == source.read_class_names() == names
+    with pytest.raises(DataError, match=r"test_batch: not a readable CIFAR batch"):
+        source.examples("eval")
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"one"]}, protocol=2))
+    with pytest.raises(DataError, match=r"batches.meta: 'label_names' must be a list of 10 class names; found 1 items"):
+        _ = CifarData(str(tmp_path)).class_names

@@ -12,7 +12,7 @@ def test_digits_split_is_stratified_deterministic_and_covers_all_1797():
     from sklearn.datasets import load_digits
 
     source = DigitsData()
-    assert (source.name, source.num_classes) == ("digits", 10)
+    assert (source.name, source.num_classes, source.class_names) == ("digits", 10, list("0123456789"))
     train, evaluation = source.examples("train"), source.examples("eval")
     assert train.element_spec[0] == tf.TensorSpec([32, 32, 3], tf.uint8)
     train_labels = np.array([int(label) for _, label in train])
@@ -62,6 +62,7 @@ def test_synthetic_data_is_deterministic_and_differs_by_seed_and_split():
         5,
         3,
     )
+    assert source.class_names is None  # random labels have no names
     images, labels = read_all(source, "train")
     assert len(images) == 5 and images[0].shape == (16, 16, 3) and set(labels) <= set(range(7))
     same, same_labels = read_all(

@@ -26,7 +26,10 @@ def test_tfds_reads_a_prepared_dataset_and_refuses_an_unprepared_one(tmp_path):
         def __init__(self, **kwargs):
             split = tf.data.Dataset.from_tensor_slices({"image": gray, "label": [0, 2, 1]})
             features = tfds.features.FeaturesDict(
-                {"image": tfds.features.Image(shape=(6, 6, 1)), "label": tfds.features.ClassLabel(num_classes=3)}
+                {
+                    "image": tfds.features.Image(shape=(6, 6, 1)),
+                    "label": tfds.features.ClassLabel(names=["cat", "dog", "eel"]),
+                }
             )
             super().__init__(
                 name="tiny_gray",
@@ -46,6 +49,7 @@ def test_tfds_reads_a_prepared_dataset_and_refuses_an_unprepared_one(tmp_path):
         3,
         1,
     )
+    assert source.class_names == ["cat", "dog", "eel"]  # from the dataset's info, read back from data_dir
     read, labels = read_all(source, "train")
     np.testing.assert_array_equal(np.stack(read), np.repeat(gray, 3, axis=-1))
     np.testing.assert_array_equal(labels, [0, 2, 1])

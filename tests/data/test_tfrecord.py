@@ -30,7 +30,12 @@ def test_tfrecord_png_shards_read_exact_pixels_in_interleaved_order(tmp_path):
     written = write_shards(tmp_path, "png", shards=2, per_shard=3)
     write_shards(tmp_path, "png", shards=1, per_shard=2, prefix="validation")
     source = TFRecordData(str(tmp_path / "train-*"), [str(tmp_path / "validation-00000-of-00001")], num_classes=5)
-    assert (source.name, source.num_classes, source.num_examples("train")) == ("tfrecord", 5, None)
+    assert (source.name, source.num_classes, source.num_examples("train"), source.class_names) == (
+        "tfrecord",
+        5,
+        None,
+        None,  # no manifest names the classes
+    )
     images, labels = read_all(source, "train")
     order = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]  # one record from each shard in turn
     assert len(images) == 6

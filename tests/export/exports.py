@@ -20,13 +20,13 @@ def tree(directory: str) -> set[str]:
     return found
 
 
-OLD_EXPORT = {"export.json", "saved_model", "saved_model/saved_model.pb"}
+OLD_EXPORT = {"export.json", "labels.txt", "saved_model", "saved_model/saved_model.pb"}
 
 
 def make_old_export(output: str) -> None:
     """A stand-in for a previous export: only names an export has, with contents marked old."""
     tf.io.gfile.makedirs(f"{output}/saved_model")
-    for name in ("export.json", "saved_model/saved_model.pb"):
+    for name in ("export.json", "labels.txt", "saved_model/saved_model.pb"):
         with tf.io.gfile.GFile(f"{output}/{name}", "w") as f:
             f.write("old export")
 

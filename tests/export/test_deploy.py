@@ -13,7 +13,7 @@ import resnet
 from resnet import cli, config
 from resnet.data.preprocessing import Preprocessing, resize_to_fill
 from resnet.export import deploy
-from resnet.export.serving import export_for_serving
+from resnet.export.serving import export_for_serving, read_labels
 from resnet.training.trainer import Trainer
 
 slow = pytest.mark.slow
@@ -39,6 +39,7 @@ def demo(tmp_path_factory):
         quantize=["int8", "float16"],
         data=trainer.data,
         progress=lines.append,
+        class_names=trainer.data.class_names,  # as resnet-export passes them
     )
     images, labels = zip(*trainer.data.examples("eval").as_numpy_iterator(), strict=True)
     return trainer, model, output, lines, np.stack(images), np.array(labels)
@@ -77,7 +78,11 @@ def test_every_format_serves_the_validation_set_as_the_saved_model_does(demo):
 @slow
 def test_the_export_reports_what_it_checked(demo):
     _, _, output, lines, _, _ = demo
-    files = json.loads(read(f"{output}/export.json"))["files"]
+    described = json.loads(read(f"{output}/export.json"))
+    assert read_labels(output) == [str(digit) for digit in range(10)] and described["labels"] == "labels.txt"
+    assert read(f"{output}/labels.txt") == b"0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n"
+    assert "Writing labels.txt (10 class names)..." in lines
+    files = described["files"]
     assert set(files) == {
         "saved_model",
         "model.keras",

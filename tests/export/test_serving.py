@@ -21,19 +21,24 @@ from exports import (
 )
 from resnet.data.preprocessing import Preprocessing
 from resnet.export.deploy import ExportError
-from resnet.export.serving import export_for_serving
+from resnet.export.serving import export_for_serving, read_labels
 
 # Monkeypatches of `tf.io.gfile` hold whichever test exports first.
 pytestmark = pytest.mark.usefixtures("gfile_imported_as_keras_does")
 
 IMAGES = tf.constant(np.random.default_rng(0).integers(0, 255, (3, 40, 36, 3)), tf.uint8)
+# The test model's 10 classes, named as a user might: spaces, accents, other scripts.
+NAMES = ["avião", "automobile", "bird", "cat", "  deer ", "dog", "frog", "horse", "ship", "卡车"]
 
 
 def test_export_loads_back_and_serves_what_the_model_computes(model, preprocessing, parent):
     output = f"{parent}/exports/digits"
-    assert export_for_serving(model, preprocessing, output + "/") == output
+    assert export_for_serving(model, preprocessing, output + "/", class_names=tuple(NAMES)) == output
     assert tree(parent) == {"exports", "exports/digits"} | {f"exports/digits/{p}" for p in tree(output)}
     assert {"model.keras", "saved_model/saved_model.pb", "saved_model/variables/variables.index"} <= tree(output)
+    # One labels.txt beside every format, named in export.json, read back as given.
+    assert read(f"{output}/labels.txt") == "".join(f"{name}\n" for name in NAMES)
+    assert read_labels(output) == NAMES and json.loads(read(f"{output}/export.json"))["labels"] == "labels.txt"
     probabilities = tf.nn.softmax(model(preprocessing.serve(IMAGES), training=False)).numpy()
     # Both load straight from the URI (ram:// included).
     loaded = tf.saved_model.load(f"{output}/saved_model")
@@ -120,7 +125,9 @@ def test_an_input_size_beyond_the_bound_is_refused_at_once(size, tmp_path):
 def test_model_keras_is_checked_like_every_other_file(model, preprocessing, tmp_path, monkeypatch):
     lines = []
     output = export_for_serving(model, preprocessing, tmp_path / "export", progress=lines.append)
-    files = json.loads(read(f"{output}/export.json"))["files"]
+    described = json.loads(read(f"{output}/export.json"))
+    assert (described["labels"], read_labels(output), "labels.txt" in os.listdir(output)) == (None, None, False)
+    files = described["files"]
     assert files["model.keras"]["checked_images"] == 20 and files["model.keras"]["max_probability_difference"] <= 1e-6
     for name, entry in files.items():  # the progress lines count what export.json records
         assert any(
@@ -142,3 +149,24 @@ def test_model_keras_is_checked_like_every_other_file(model, preprocessing, tmp_
     with pytest.raises(ExportError, match="model.keras differs from the Keras model"):
         export_for_serving(model, preprocessing, tmp_path / "refused")
     assert sorted(os.listdir(tmp_path)) == ["export"]  # nothing of the refused export is left
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (NAMES[:3], r"`class_names` must name each of the model's 10 classes; received 3 names\."),
+        (NAMES + ["extra"], r"`class_names` must name each of the model's 10 classes; received 11 names\."),
+        ([*NAMES[:9], "fire\ntruck"], r"one a line: the name of class 9 holds a line break; received 'fire\\ntruck'\."),
+        (["cat\r", *NAMES[1:]], r"one a line: the name of class 0 holds a line break; received 'cat\\r'\."),
+        ([*NAMES[:4], "", *NAMES[5:]], r"one a line: the name of class 4 is empty; received ''\."),
+        ([*NAMES[:9], 9], r"`class_names` must be strings; class 9 is 9\."),
+        ("0123456789", r"`class_names` must be a list of strings, one per class; received '0123456789'\."),
+    ],
+    ids=["too-few", "too-many", "newline", "carriage-return", "empty", "not-a-string", "a-string"],
+)
+def test_class_names_that_labels_txt_cannot_hold_are_refused_before_anything_is_written(
+    names, message, model, preprocessing, tmp_path
+):
+    with pytest.raises(ValueError, match=message):
+        export_for_serving(model, preprocessing, tmp_path / "exports" / "export", class_names=names)
+    assert list(tmp_path.iterdir()) == []  # not even the parent of the output

@@ -81,10 +81,17 @@ def test_export_serves_uint8_images_like_the_trained_model(trained, tmp_path):
 
     from resnet import cli
     from resnet.data.sources import DigitsData
+    from resnet.export.serving import read_labels
 
     model_dir, _ = trained
     output = tmp_path / "export"
-    run("resnet-export", f"--model_dir={model_dir}", f"--output={output}")
+    result = run("resnet-export", f"--model_dir={model_dir}", f"--output={output}")
+    # The digits name their classes: one labels.txt beside the formats, listed in export.json.
+    assert (output / "labels.txt").read_text() == "".join(f"{digit}\n" for digit in range(10))
+    assert read_labels(str(output)) == list("0123456789")
+    assert json.loads((output / "export.json").read_text())["labels"] == "labels.txt"
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.endswith(f"to {output}/ (saved_model, model.keras, labels.txt (10 class names); see export.json)")
     images = np.stack([image for image, _ in DigitsData().examples("eval").take(8).as_numpy_iterator()])
     assert images.dtype == np.uint8
 
@@ -124,6 +131,7 @@ def test_export_writes_tflite_int8_and_onnx_checked_in_their_runtimes(trained, t
         assert f"  {name}: checked against the Keras model on 20 images (16 at 32x32, 4 at 48x40): " in result.stdout
     assert sorted(p.name for p in output.iterdir()) == [
         "export.json",
+        "labels.txt",
         "model.keras",
         "model.onnx",
         "model.tflite",
