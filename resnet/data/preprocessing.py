@@ -2,9 +2,9 @@
 
 Everything is pure TensorFlow, so `Preprocessing.train` and `Preprocessing.eval` run inside
 `tf.data` map functions and `Preprocessing.serve` inside an exported SavedModel signature.
-Resizing is bilinear with antialiasing: when shrinking, each output pixel averages the source
-pixels it covers, as PIL's bilinear filter (which torchvision uses) does; when enlarging, it is
-plain bilinear interpolation.
+Resizing is bilinear (or, by choice, bicubic) with antialiasing: when shrinking, each output
+pixel averages the source pixels it covers, as PIL's filters (which torchvision and timm use)
+do; when enlarging, it is plain interpolation.
 """
 
 from __future__ import annotations
@@ -47,10 +47,30 @@ def _check_triple(argument: str, value: object, positive: bool = False) -> tuple
     return tuple(float(v) for v in value)
 
 
-def _resize(images: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
-    """Bilinear resize with antialiasing of uint8 or float images [..., H, W, C] to float32.
+def _triangle(distance: tf.Tensor) -> tf.Tensor:
+    return tf.maximum(0.0, 1.0 - tf.abs(distance))
 
-    The numbers of `tf.image.resize(..., "bilinear", antialias=True)` (up to float rounding),
+
+def _keys_cubic(distance: tf.Tensor) -> tf.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5, the bicubic filter of PIL and TensorFlow."""
+    x = tf.abs(distance)
+    near = (1.5 * x - 2.5) * x * x + 1.0
+    far = ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
+    return tf.where(x < 1.0, near, tf.where(x < 2.0, far, 0.0))
+
+
+# Interpolation -> (filter, its support radius in source pixels when not shrinking).
+_FILTERS = {"bilinear": (_triangle, 1), "bicubic": (_keys_cubic, 2)}
+INTERPOLATIONS = tuple(_FILTERS)
+
+
+def _resize(
+    images: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int, interpolation: str = "bilinear"
+) -> tf.Tensor:
+    """Bilinear or bicubic resize with antialiasing of uint8 images [..., H, W, C] to float32.
+
+    The numbers of `tf.image.resize(..., interpolation, antialias=True)` (up to float rounding;
+    bicubic results clipped to 0..255),
     built from gathers, multiplies and sums instead of its `ScaleAndTranslate` kernel, which
     neither TFLite's builtin ops nor ONNX have: an exported serving graph converts to both.
     """
@@ -59,9 +79,11 @@ def _resize(images: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int) 
     for axis, size in ((rank - 3, height), (rank - 2, width)):
         if isinstance(size, int) and images.shape[axis] == size:
             continue  # resizing to the same length copies exactly; a static graph need not do it
-        index, weight = _resize_taps(tf.shape(images)[axis], size)
+        index, weight = _resize_taps(tf.shape(images)[axis], size, interpolation)
         weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([rank - 1 - axis], tf.int32)], 0))
         images = tf.reduce_sum(tf.gather(images, index, axis=axis) * weight, axis=axis + 1)
+    if interpolation == "bicubic":  # its negative lobes overshoot; PIL's uint8 output is clipped too
+        images = tf.clip_by_value(images, 0.0, 255.0)
     return images
 
 
@@ -86,24 +108,26 @@ def resize_to_fill(images: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return tf.ensure_shape(pixels, images.shape[:-3] + [height, width, 3])
 
 
-def _resize_taps(length: tf.Tensor, size: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Source indices and weights, both [size, taps], of a bilinear antialiased resize of one axis.
+def _resize_taps(length: tf.Tensor, size: tf.Tensor | int, interpolation: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Source indices and weights, both [size, taps], of an antialiased resize of one axis.
 
     Output pixel `i` samples the source at `(i + 0.5) * length / size`; each source pixel within
-    the triangle filter's support weighs `1 - distance / kernel_scale`, normalized to sum to 1.
-    When shrinking, `kernel_scale = length / size` widens the filter so that every source pixel
-    contributes (the antialiasing); when enlarging it is 1, plain bilinear interpolation. Taps
-    past the image's end get weight 0 (their index is clamped only to keep the gather in range).
+    the filter's support weighs `filter(distance / kernel_scale)` (the triangle `1 - |x|` for
+    bilinear, Keys' cubic for bicubic), normalized to sum to 1. When shrinking,
+    `kernel_scale = length / size` widens the filter so that every source pixel contributes (the
+    antialiasing); when enlarging it is 1, plain interpolation. Taps past the image's end get
+    weight 0 (their index is clamped only to keep the gather in range).
     """
+    kernel, radius = _FILTERS[interpolation]
     length_float = tf.cast(length, tf.float32)
     inverse_scale = 1.0 / (tf.cast(size, tf.float32) / length_float)
     kernel_scale = tf.maximum(inverse_scale, 1.0)
-    taps = tf.minimum(2 * tf.cast(tf.math.ceil(kernel_scale), tf.int32) + 1, length)
+    taps = tf.minimum(2 * tf.cast(tf.math.ceil(radius * kernel_scale), tf.int32) + 1, length)
     sample = (tf.range(size, dtype=tf.float32) + 0.5) * inverse_scale
-    start = tf.clip_by_value(tf.cast(tf.math.ceil(sample - kernel_scale - 0.5), tf.int32), 0, length - 1)
+    start = tf.clip_by_value(tf.cast(tf.math.ceil(sample - radius * kernel_scale - 0.5), tf.int32), 0, length - 1)
     index = start[:, None] + tf.range(taps)[None, :]
     distance = (tf.cast(index, tf.float32) + 0.5 - sample[:, None]) / kernel_scale
-    weight = tf.maximum(0.0, 1.0 - tf.abs(distance)) * tf.cast(index < length, tf.float32)
+    weight = kernel(distance) * tf.cast(index < length, tf.float32)
     return tf.minimum(index, length - 1), weight / tf.reduce_sum(weight, axis=1, keepdims=True)
 
 
@@ -138,6 +162,8 @@ class Preprocessing:
         flip: Random horizontal flips when training ("cifar" and "imagenet").
         pad: Zero padding on each side before the random crop ("cifar").
         crop_fraction: Share of the resized eval image kept by the central crop ("imagenet").
+        interpolation: How images are resized, "bilinear" or "bicubic" (timm's weights are
+            evaluated with bicubic, torchvision's with bilinear).
 
     Example:
 
@@ -162,6 +188,7 @@ class Preprocessing:
         flip: bool = True,
         pad: int = 4,
         crop_fraction: float = 0.875,
+        interpolation: str = "bilinear",
     ):
         self.recipe = check_choice("recipe", recipe, RECIPES)
         self.image_size = check_int("image_size", image_size)
@@ -174,6 +201,7 @@ class Preprocessing:
         if isinstance(crop_fraction, bool) or not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
             raise ValueError(f"`crop_fraction` must be a number in (0, 1]; received {crop_fraction!r}.")
         self.crop_fraction = float(crop_fraction)
+        self.interpolation = check_choice("interpolation", interpolation, INTERPOLATIONS)
 
     @property
     def serving_size(self) -> tuple[int, int]:
@@ -255,7 +283,7 @@ class Preprocessing:
         static = isinstance(height, int) and isinstance(width, int)
         shorter = min(height, width) if static else tf.minimum(height, width)
         resized_height, resized_width = target * height // shorter, target * width // shorter
-        resized = _resize(images, resized_height, resized_width)
+        resized = _resize(images, resized_height, resized_width, self.interpolation)
         top = (resized_height - size) // 2
         left = (resized_width - size) // 2
         cropped = resized[..., top : top + size, left : left + size, :]
@@ -270,7 +298,7 @@ class Preprocessing:
         size = self.image_size
         if images.shape[-3] == size and images.shape[-2] == size:
             return images
-        return tf.ensure_shape(_resize(images, size, size), images.shape[:-3] + [size, size, 3])
+        return tf.ensure_shape(_resize(images, size, size, self.interpolation), images.shape[:-3] + [size, size, 3])
 
     def _random_resized_crop(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -284,7 +312,8 @@ class Preprocessing:
             use_image_if_no_bounding_boxes=True,
         )
         crop = tf.slice(image, begin, crop_size)
-        return tf.ensure_shape(_resize(crop, self.image_size, self.image_size), [self.image_size, self.image_size, 3])
+        resized = _resize(crop, self.image_size, self.image_size, self.interpolation)
+        return tf.ensure_shape(resized, [self.image_size, self.image_size, 3])
 
     def _normalize(self, images: tf.Tensor) -> tf.Tensor:
         # Multiplying by the reciprocal, not dividing: graph optimizers rewrite a division by a

@@ -1,5 +1,7 @@
 """Preprocessing recipes: shapes, normalization numbers, crop geometry and serve == eval."""
 
+import itertools
+
 import gin
 import numpy as np
 import pytest
@@ -198,8 +200,11 @@ def test_resizing_gives_tf_image_resize_antialias_numbers_from_convertible_ops()
         expected = tf.image.resize(images, [new_height, new_width], method="bilinear", antialias=True).numpy()
         np.testing.assert_allclose(_resize(images, new_height, new_width).numpy(), expected, atol=1e-3)
         np.testing.assert_allclose(_resize(images[0], new_height, new_width).numpy(), expected[0], atol=1e-3)
-    for recipe in ("cifar", "imagenet", "none"):
-        serve = tf.function(Preprocessing(recipe, image_size=24).serve)
+        bicubic = tf.image.resize(images, [new_height, new_width], method="bicubic", antialias=True)
+        expected = tf.clip_by_value(bicubic, 0, 255).numpy()  # its overshoot clipped, as PIL's uint8 output is
+        np.testing.assert_allclose(_resize(images, new_height, new_width, "bicubic").numpy(), expected, atol=1e-3)
+    for recipe, interpolation in itertools.product(("cifar", "imagenet", "none"), ("bilinear", "bicubic")):
+        serve = tf.function(Preprocessing(recipe, image_size=24, interpolation=interpolation).serve)
         graph = serve.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.uint8)).graph
         ops = {op.type for op in graph.get_operations()}
         assert "GatherV2" in ops and not ops & {"ScaleAndTranslate", "ResizeBilinear"}, ops
@@ -222,3 +227,17 @@ def test_resize_to_fill_keeps_the_aspect_ratio_and_crops_the_centre():
     np.testing.assert_array_equal(resize_to_fill(original, 20, 20).numpy(), original.numpy()[:, 10:30])
     assert resize_to_fill(tf.stack([original] * 2), 10, 30).shape == (2, 10, 30, 3)
     assert resize_to_fill(original, 10, 30).dtype == tf.uint8
+
+
+def test_interpolation_is_bilinear_unless_bicubic_is_asked_for():
+    image = tf.constant(np.random.default_rng(5).integers(0, 256, (37, 50, 3), dtype=np.uint8))
+    bilinear = Preprocessing("imagenet", image_size=24).eval(image)
+    bicubic = Preprocessing("imagenet", image_size=24, interpolation="bicubic").eval(image)
+    assert not np.allclose(bilinear.numpy(), bicubic.numpy(), atol=1e-2)
+    assert Preprocessing("imagenet", image_size=24, interpolation="bicubic").train(image, seed=[1, 2]).shape == (
+        24,
+        24,
+        3,
+    )
+    with pytest.raises(ValueError, match="`interpolation` must be one of 'bilinear', 'bicubic'; received 'nearest'"):
+        Preprocessing(interpolation="nearest")
