@@ -5,6 +5,7 @@ Quick start:
 >>> import resnet
 >>> model = resnet.build("resnet50")             # a shipped config; see resnet.available_configs()
 >>> model = resnet.build("resnet50", ["ResNet.norm = 'group'", "ResNet.num_classes = 10"])
+>>> model = resnet.build("resnet50", weights="resnet50.tv2_in1k")  # doctest: +SKIP
 
 Layers (`BottleneckBlock`, `ResidualStage`, shortcuts, stems, norms) are importable on their
 own for use inside other models.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # `__all__` as type checkers and editors see it; at run time 
     from resnet.fold import fold_batch_norm  # noqa: F401
     from resnet.layers import *  # noqa: F401,F403  (the public layer classes)
     from resnet.model import ResNet  # noqa: F401
+    from resnet.pretrained import available_weights, weights_info  # noqa: F401
     from resnet.registry import register  # noqa: F401
     from resnet.stage import ResidualStage  # noqa: F401
 
@@ -40,12 +42,14 @@ _MODULES = {
     "ResidualStage": "resnet.stage",
     "available_configs": "resnet.config",
     "available_experiments": "resnet.config",
+    "available_weights": "resnet.pretrained",
     "build": "resnet.config",
     "config_path": "resnet.config",
     "count_macs": "resnet.flops",
     "fold_batch_norm": "resnet.fold",
     "parse": "resnet.config",
     "register": "resnet.registry",
+    "weights_info": "resnet.pretrained",
 }
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from resnet import config as gin_config
+from resnet.pretrained.download import WeightsDownloadError
 from resnet.storage.files import is_storage_full
 from resnet.training import distribution
 from resnet.training.checkpoints import restore_model, restore_newest_intact
@@ -36,7 +37,8 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
     """Wraps an absl `main` so that it ends with one clear line on stderr, and an exit code that
     says what a scheduler should do:
 
-    * 2: a user's mistake (bad config or data, a diverged loss); rerunning will not help.
+    * 2: a user's mistake (bad config or data, a diverged loss), or pretrained weights that
+      could not be downloaded (offline, or a file not matching its hash); the message says what.
     * `distribution.CLUSTER_ERROR_EXIT_CODE` (75): try again: a multi-worker cluster did not
       form or lost a worker (restart every worker with the same command), the storage ran out
       of space (free some; nothing written before is lost), or another run holds the run
@@ -58,7 +60,7 @@ def run_reporting_errors(main: Callable[[list[str]], None], program: str) -> Cal
         except RunDirectoryLocked as error:
             print(f"{program}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(distribution.CLUSTER_ERROR_EXIT_CODE)
-        except (ValueError, TrainingDiverged) as error:
+        except (ValueError, TrainingDiverged, WeightsDownloadError) as error:
             print(f"{program}: error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
         except TrainingStopped as stopped:

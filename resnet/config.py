@@ -318,8 +318,13 @@ def fresh_gin_config() -> Iterator[None]:
         gin.clear_config()
 
 
-def build(config: str | os.PathLike, bindings: Iterable[str] = ()) -> ResNet:
-    """Builds a `ResNet` from a shipped config name or a gin file, plus extra bindings.
+def build(
+    config: str | os.PathLike,
+    bindings: Iterable[str] = (),
+    weights: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ResNet:
+    """Builds a `ResNet` from a shipped config name or a gin file, plus extra bindings and weights.
 
     Each call starts from an empty gin config and clears it afterwards, so two builds in one
     process never see each other's bindings (and bindings parsed before the call are dropped).
@@ -329,6 +334,12 @@ def build(config: str | os.PathLike, bindings: Iterable[str] = ()) -> ResNet:
             `available_configs()`) or a path to a `.gin` file.
         bindings: Extra gin binding strings, applied after the file, e.g.
             `["ResNet.num_classes = 10", "ResNet.norm = 'group'"]`.
+        weights: Published weights by name (`"resnet50.tv2_in1k"`; see `available_weights()`),
+            downloaded once and checked against their publisher's hash, or a local `.pth`,
+            `.safetensors`, `.npz` (torchvision / timm) or `.h5` (keras.applications) file.
+            Loading is strict: every variable gets a tensor of its shape, or nothing loads.
+        cache_dir: Where named weights are cached (default: `$RESNET_WEIGHTS_DIR`, else
+            `~/.keras/resnet-weights`).
 
     Returns:
         The built model.
@@ -338,9 +349,29 @@ def build(config: str | os.PathLike, bindings: Iterable[str] = ()) -> ResNet:
     >>> model = build("cifar/resnet20", ["ResNet.num_classes = 100"])
     >>> model.output_shape
     (None, 100)
+    >>> model = build("resnet50", weights="resnet50.tv2_in1k")  # doctest: +SKIP
     """
     if isinstance(bindings, str):
         bindings = [bindings]
+    if weights is not None:
+        _check_weights_fit(config, weights)
     with fresh_gin_config():
         parse([config], bindings)
-        return gin.get_configurable(ResNet)()
+        model = gin.get_configurable(ResNet)()
+    if weights is not None:
+        from resnet.pretrained import load_weights
+
+        load_weights(model, weights, cache_dir=cache_dir)
+    return model
+
+
+def _check_weights_fit(config: str | os.PathLike, weights: str | os.PathLike) -> None:
+    """Refuses published weights made for another shipped config, before anything is built."""
+    from resnet.pretrained import table
+
+    item = table.entries().get(os.fspath(weights))
+    if item is not None and os.fspath(config) in available_configs() and os.fspath(config) != item.config:
+        raise ValueError(
+            f"The weights {item.name!r} are for the config {item.config!r}, not {os.fspath(config)!r}: "
+            f"build({item.config!r}, weights={item.name!r})."
+        )

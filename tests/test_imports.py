@@ -22,12 +22,14 @@ def test_the_package_gives_every_public_name_from_its_module():
         "ResidualStage",
         "available_configs",
         "available_experiments",
+        "available_weights",
         "build",
         "config_path",
         "count_macs",
         "fold_batch_norm",
         "parse",
         "register",
+        "weights_info",
     ]
     assert resnet.__all__ == [*core, *resnet.layers.__all__]
     for name in resnet.__all__:

@@ -1,7 +1,8 @@
 """Fine-tuning: the pretrained weights a run starts from, and freezing parts of the model.
 
-`Trainer.initial_weights = @PretrainedWeights()` loads keras.applications or torchvision / timm
-weights (through `resnet.interop`) when a run starts; `Trainer.freeze_stages` calls `freeze`.
+`Trainer.initial_weights = @PretrainedWeights()` loads published weights by name
+(`resnet.pretrained`) or keras.applications or torchvision / timm files (through
+`resnet.interop`) when a run starts; `Trainer.freeze_stages` calls `freeze`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import gin
 
 from resnet.interop import LoadReport, load_keras_applications_weights, load_torch_state_dict
 from resnet.model import ResNet
+from resnet.pretrained import load_weights
+from resnet.pretrained.table import entry
 
 FORMATS = ("auto", "keras", "torch")
 
@@ -22,29 +25,48 @@ FORMATS = ("auto", "keras", "torch")
 class PretrainedWeights:
     """Weights a training run starts from (bind `Trainer.initial_weights = @PretrainedWeights()`).
 
+    Give either `name`, published weights of `resnet.available_weights()` (downloaded once into
+    a cache and checked against their publisher's hash; see `resnet.pretrained`), or `path`, a
+    local file.
+
     Args:
-        path: The weights file.
-        format: "keras" (keras.applications `.h5` / `.weights.h5`), "torch" (`.npz`,
-            `.safetensors`, `.pth`, `.pt`), or "auto" (from the file name).
+        path: A weights file.
+        format: For `path`: "keras" (keras.applications `.h5` / `.weights.h5`), "torch" (`.npz`,
+            `.safetensors`, `.pth`, `.pt`, `.bin`), or "auto" (from the file name).
         skip_classifier: Do not load the classifier (fine-tuning to other classes).
+        name: Published weights, e.g. "resnet50.tv2_in1k".
+        cache_dir: Where named weights are cached (default: `$RESNET_WEIGHTS_DIR`, else
+            `~/.keras/resnet-weights`).
 
     Example:
 
-    >>> PretrainedWeights("resnet50.npz", skip_classifier=True)  # what `@PretrainedWeights()` builds
-    PretrainedWeights(path='resnet50.npz', format='auto', skip_classifier=True)
+    >>> PretrainedWeights(name="resnet50.tv2_in1k", skip_classifier=True)  # `@PretrainedWeights()`
+    PretrainedWeights(path=None, format='auto', skip_classifier=True, name='resnet50.tv2_in1k', cache_dir=None)
     """
 
-    path: str
+    path: str | None = None
     format: str = "auto"
     skip_classifier: bool = False
+    name: str | None = None
+    cache_dir: str | None = None
 
     def __post_init__(self):
-        self.path = os.path.expanduser(str(self.path))
+        if (self.path is None) == (self.name is None):
+            raise ValueError(
+                "`PretrainedWeights` needs exactly one of `name` (published weights, see "
+                f"resnet.available_weights()) and `path` (a file); received name={self.name!r}, path={self.path!r}."
+            )
+        if self.path is not None:
+            self.path = os.path.expanduser(str(self.path))
+        else:
+            entry(self.name)  # an unknown name fails when the config is read, not after the model is built
         if self.format not in FORMATS:
             raise ValueError(f"`PretrainedWeights.format` must be one of {FORMATS}; received {self.format!r}.")
 
     def load_into(self, model: ResNet) -> LoadReport:
-        """Loads the file into `model` with the loader of its format; see `resnet.interop`."""
+        """Loads the weights into `model` with the loader of their format; see `resnet.interop`."""
+        if self.name is not None:
+            return load_weights(model, self.name, self.skip_classifier, self.cache_dir)
         kind = self.format
         if kind == "auto":
             kind = "keras" if str(self.path).lower().endswith(".h5") else "torch"
