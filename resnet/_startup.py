@@ -32,6 +32,7 @@ BINARIES = {
     "resnet-export": "export",
     "resnet-prepare": "prepare",
     "resnet-data-service": "data_service",
+    "resnet-predict": "predict",
 }
 """Our binaries: console script name -> module under `resnet`."""
 

@@ -1,7 +1,8 @@
-"""The three binaries end to end, as subprocesses on the real digits data: train, resume, eval, export."""
+"""The binaries end to end, as subprocesses on the real digits data: train, resume, eval, export, predict."""
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import binaries
-from binaries import ENV, FAST, INTERRUPTIBLE, metrics, run
+from binaries import ENV, FAST, INTERRUPTIBLE, command, metrics, run
+from resnet.data.sources import DigitsData
 
 # Every test here starts the binaries as subprocesses.
 pytestmark = pytest.mark.slow
@@ -80,7 +82,6 @@ def test_export_serves_uint8_images_like_the_trained_model(trained, tmp_path):
     import keras
 
     from resnet import cli
-    from resnet.data.sources import DigitsData
     from resnet.export.serving import read_labels
 
     model_dir, _ = trained
@@ -341,3 +342,85 @@ def test_an_empty_path_flag_is_an_error_naming_it(tmp_path, program, args, messa
         result.stderr
     )
     assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def digits(trained, tmp_path_factory):
+    """The trained demo run, and its 360 validation digits as PNG files named by label."""
+    model_dir, _ = trained
+    images = tmp_path_factory.mktemp("predict") / "digits"
+    labels = {}
+    for i, (image, label) in enumerate(DigitsData().examples("eval").as_numpy_iterator()):
+        path = images / str(label) / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(image).numpy())
+        labels[str(path)] = int(label)
+    return model_dir, images, labels
+
+
+def predictions(*args: str, check=True) -> tuple[list[dict], subprocess.CompletedProcess]:
+    result = run("resnet-predict", "--json", *args, check=check)
+    return [json.loads(line) for line in result.stdout.splitlines()], result
+
+
+def test_predict_on_a_run_and_its_export_counts_what_eval_counts(digits, tmp_path):
+    model_dir, images, labels = digits
+    evaluated = json.loads(run("resnet-eval", f"--model_dir={model_dir}").stdout.splitlines()[-1])
+    assert evaluated["examples"] == len(labels) == 360
+
+    (images / "7" / "broken.png").write_bytes(b"\x89PNG not really")
+    results, result = predictions(
+        f"--model_dir={model_dir}", "--checkpoint=backup", "--top_k=3", str(images), check=False
+    )
+    assert result.returncode == 1, result.stderr
+    assert "1 of 361 images could not be read" in result.stderr
+    errors = [r for r in results if "error" in r]
+    assert [e["image"] for e in errors] == [str(images / "7" / "broken.png")]
+    assert errors[0]["error"].startswith("not a readable image")
+    classified = {r["image"]: r["top"] for r in results if "top" in r}
+    assert set(classified) == set(labels)
+    for top in classified.values():
+        assert len(top) == 3 and [t["name"] for t in top] == [str(t["class"]) for t in top]
+        assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+    correct = sum(top[0]["class"] == labels[image] for image, top in classified.items())
+    assert correct == round(evaluated["top1"] * 360)
+
+    export = tmp_path / "export"
+    run("resnet-export", f"--model_dir={model_dir}", "--checkpoint=backup", f"--output={export}")
+    assert (export / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
+    exported, _ = predictions(f"--export={export}", str(images / "0"), str(images / "3"))
+    assert len(exported) == sum(label in (0, 3) for label in labels.values())
+    for item in exported:
+        assert item["top"][0]["class"] == classified[item["image"]][0]["class"]
+        assert item["top"][0]["name"] == classified[item["image"]][0]["name"]
+        assert item["top"][0]["probability"] == pytest.approx(classified[item["image"]][0]["probability"], abs=1e-4)
+
+    text = run("resnet-predict", f"--export={export}", "--top_k=1", str(images / "0")).stdout.splitlines()
+    first = sorted(p for p in labels if "/0/" in p)[0]
+    assert text[0] == first and text[1].strip().endswith(f"({classified[first][0]['class']})")
+
+
+def test_predict_refuses_bad_flags_and_names_an_unreachable_download(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(tf.io.encode_png(np.zeros([8, 8, 3], np.uint8)).numpy())
+    for args, message in [
+        ([str(image)], "Give exactly one of --weights"),
+        (["--weights=resnet18.tv_in1k", f"--export={tmp_path}", str(image)], "received --weights, --export"),
+        (["--weights=resnet18.tv_in1k"], "Name the images to classify"),
+        ([f"--export={tmp_path}", str(image)], "holds no saved_model/"),
+        (["--weights=resnet18.tv9", str(image)], "Unknown pretrained weights 'resnet18.tv9'"),
+    ]:
+        result = run("resnet-predict", *args, check=False)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    with socket.socket() as probe:  # a mirror nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        command("resnet-predict", "--weights=resnet18.tv_in1k", f"--cache_dir={tmp_path}", str(image)),
+        env={**ENV, "RESNET_WEIGHTS_MIRROR": f"http://127.0.0.1:{port}/"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert f"place it at {tmp_path / 'resnet18-f37072fd.pth'}" in result.stderr.strip().splitlines()[-1]
