@@ -188,7 +188,7 @@ def _model_preprocessing(item: Entry) -> dict[str, Any]:
 
 def _reverse_input_channels(model) -> None:
     """Makes a model whose first convolution reads BGR read RGB instead (the same outputs)."""
-    kernel = next(v for v in model.get_layer("stem").weights if v.path.endswith("/kernel"))
+    kernel = next(v for v in model.get_layer("stem").weights if v.path.endswith("/kernel") and v.shape[-2] == 3)
     kernel.assign(kernel.numpy()[:, :, ::-1, :])
 
 

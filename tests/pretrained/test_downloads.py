@@ -337,3 +337,34 @@ def test_a_training_run_starts_from_weights_by_name(server, monkeypatch, tmp_pat
             PretrainedWeights(**kwargs)
     with pytest.raises(ValueError, match="Unknown pretrained weights 'resnet50.tv3_in1k'"):
         PretrainedWeights(name="resnet50.tv3_in1k")
+
+
+@pytest.mark.slow
+def test_keras_weights_by_name_take_rgb_with_the_mean_in_rgb_order(server, monkeypatch, tmp_path):
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from conftest import randomize_norms, relative_error
+
+    source = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classifier_activation=None)
+    randomize_norms(source, shift=0.2)
+    with h5py.File(tmp_path / "keras.h5", "w") as f:  # the format of keras.applications' published files
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    content = (tmp_path / "keras.h5").read_bytes()
+    published = table.entries()["keras_resnet50.imagenet"]
+    item = add_entry(
+        monkeypatch,
+        "keras_resnet50.test",
+        content,
+        "resnet50-test.h5",
+        format="keras",
+        classes=1000,
+        preprocessing=published.preprocessing,
+    )
+    server.files[served_path(item)] = content
+    ours = resnet.build("keras_resnet50", weights=item.name)
+    rgb = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    theirs = source(keras.applications.resnet.preprocess_input(rgb.copy())).numpy()  # BGR, their mean
+    prep = pretrained.preprocessing(item.name)
+    normalized = (rgb - np.array(prep.mean, np.float32)) / np.array(prep.std, np.float32)
+    assert relative_error(ours(normalized).numpy(), theirs) <= 1e-4
