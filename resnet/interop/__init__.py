@@ -10,14 +10,16 @@ of classes) and reports what it skipped.
   built `keras.applications.ResNet50/101/152` or `ResNet50V2/101V2/152V2`, or a path to its
   `.h5` or `.weights.h5` file, into the `keras_resnet*` configs.
 * `load_torch_state_dict(model, state_dict)` (`resnet.interop.pytorch`): from a mapping of torch
-  parameter and buffer names to arrays, or a `.npz` / `.safetensors` file of them (or a `.pth` /
-  `.pt` file when torch is installed, read with `torch.load(weights_only=True)`), into the
-  configs named after torchvision / timm models. No loader ever unpickles arbitrary objects.
+  parameter and buffer names to arrays, or a `.npz` / `.safetensors` file of them, or a file
+  written by `torch.save` (torchvision's `.pth`, timm's `pytorch_model.bin`), into the configs
+  named after torchvision / timm models. No loader needs torch or ever unpickles arbitrary
+  objects: `torch.save` files are read by `read_torch_file(path)` (`resnet.interop.torch_file`),
+  which resolves only the globals of a state dict and runs no code of the file.
 
-Converting a torch checkpoint to a file these read, in two lines:
+A checkpoint in torch's legacy format (torch < 1.6, or `_use_new_zipfile_serialization=False`)
+is refused with how to convert it, in one line where torch is installed:
 
-    import numpy as np, torch
-    np.savez("resnet50.npz", **{k: v.numpy() for k, v in torch.load("resnet50.pth", weights_only=True).items()})
+    torch.save(torch.load("old.pth", weights_only=True), "new.pth")
 
 Starting a training run from such weights, and freezing parts of the model, is training's
 business: see `resnet.training.finetune`.
@@ -26,5 +28,6 @@ business: see `resnet.training.finetune`.
 from resnet.interop.core import LoadReport
 from resnet.interop.keras_applications import load_keras_applications_weights
 from resnet.interop.pytorch import load_torch_state_dict
+from resnet.interop.torch_file import read_torch_file
 
-__all__ = ["LoadReport", "load_keras_applications_weights", "load_torch_state_dict"]
+__all__ = ["LoadReport", "load_keras_applications_weights", "load_torch_state_dict", "read_torch_file"]

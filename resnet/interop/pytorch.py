@@ -1,7 +1,8 @@
-"""torchvision / timm ResNet weights, from a state dict or a `.npz`, `.safetensors`, `.pth` or `.pt` file.
+"""torchvision / timm ResNet weights, from a state dict or a `.npz`, `.safetensors`, `.pth`, `.pt` or `.bin` file.
 
-No reader ever unpickles arbitrary objects: `.npz` files are read with `allow_pickle=False`,
-and `.pth` / `.pt` files (only where torch is installed) with `torch.load(weights_only=True)`.
+No reader ever unpickles arbitrary objects, and none needs torch: `.npz` files are read with
+`allow_pickle=False`, and `torch.save` files (`.pth`, `.pt`, timm's `pytorch_model.bin`) by
+`resnet.interop.torch_file.read_torch_file`, which resolves only the globals of a state dict.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
 
 from resnet.interop.core import LoadReport, load_tensors
+from resnet.interop.torch_file import read_torch_file
 from resnet.model import ResNet
 
 _TORCH_LEAVES = {
@@ -90,6 +93,11 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ValueError(f"Weights file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt", ".bin"):
+        try:
+            return _read_torch_file(path)
+        except OSError as error:  # its ValueErrors name the file and the problem already
+            raise ValueError(f"{str(path)!r} is not a readable {suffix} weights file: {error}") from error
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -98,32 +106,20 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
             from safetensors.numpy import load_file
 
             return load_file(str(path))
-        if suffix in (".pth", ".pt"):
-            return _read_torch_file(path)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, SafetensorError) as error:
         raise ValueError(f"{str(path)!r} is not a readable {suffix} weights file: {error}") from error
-    raise ValueError(f"{str(path)!r}: expected a .npz, .safetensors, .pth or .pt weights file.")
+    raise ValueError(
+        f"{str(path)!r}: expected a .npz, .safetensors, .pth or .pt weights file, or a pytorch_model.bin "
+        "(torch.save's format)."
+    )
 
 
 def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(
-            f"Reading {str(path)!r} needs torch, which is not installed. Convert it where torch is: "
-            "np.savez('weights.npz', **{k: v.numpy() for k, v in torch.load(path, weights_only=True).items()})"
-        ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise ValueError(
-            f"{str(path)!r} is not a torch weights file loadable with weights_only=True: {error}"
-        ) from error
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict.")
-    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    """The tensors of a `torch.save` file, bfloat16 ones widened (exactly) to float32 for the loader's checks."""
+    return {
+        name: value.astype(np.float32) if value.dtype == ml_dtypes.bfloat16 else value
+        for name, value in read_torch_file(path).items()
+    }
 
 
 def load_torch_state_dict(
@@ -140,8 +136,9 @@ def load_torch_state_dict(
         model: The model to load into.
         state_dict: Names (`conv1.weight`, `bn1.running_mean`, `layer1.0.conv2.weight`,
             `fc.bias`, ...) to NumPy arrays (or tensors with `.numpy()`), or a path to a
-            `.npz` / `.safetensors` file of them, or to a `.pth` / `.pt` file when torch is
-            installed (read with `weights_only=True`).
+            `.npz` / `.safetensors` file of them, or to a file written by `torch.save`
+            (`.pth` / `.pt`, or timm's `pytorch_model.bin`; a checkpoint's `"state_dict"` or
+            `"model"` entry is used), read without torch by `read_torch_file`.
         skip_classifier: Do not load `fc.*` (for another number of classes).
 
     Returns:
