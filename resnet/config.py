@@ -366,10 +366,11 @@ def build(
 
 
 def _check_weights_fit(config: str | os.PathLike, weights: str | os.PathLike) -> None:
-    """Refuses published weights made for another shipped config, before anything is built."""
-    from resnet.pretrained import table
+    """Refuses, before anything is built, unknown weights names, missing files, and published
+    weights made for another shipped config."""
+    from resnet.pretrained import weights_source
 
-    item = table.entries().get(os.fspath(weights))
+    item, _ = weights_source(weights)
     if item is not None and os.fspath(config) in available_configs() and os.fspath(config) != item.config:
         raise ValueError(
             f"The weights {item.name!r} are for the config {item.config!r}, not {os.fspath(config)!r}: "

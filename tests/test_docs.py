@@ -43,6 +43,8 @@ MODULES = [
     "resnet.interop.keras_applications",
     "resnet.interop.pytorch",
     "resnet.training.finetune",
+    "resnet.pretrained",
+    "resnet.classifier",
 ]
 
 

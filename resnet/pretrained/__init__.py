@@ -137,14 +137,11 @@ def load_weights(
     """
     from resnet.interop import load_keras_applications_weights, load_torch_state_dict
 
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"`weights` must be a name or a file path; received {type(weights).__name__}.")
-    item = _named(weights)
+    item, kind = weights_source(weights)
     if item is not None:
-        path, kind = fetch(item.url, item.hash, cache_dir, progress=progress), item.format
+        path = fetch(item.url, item.hash, cache_dir, progress=progress)
     else:
         path = os.path.expanduser(os.fspath(weights))
-        kind = _format_of(path)
     if kind == "keras":
         report = load_keras_applications_weights(model, path, skip_classifier)
     else:
@@ -154,13 +151,16 @@ def load_weights(
     return report
 
 
-def _named(weights: str | os.PathLike) -> Entry | None:
-    """The table entry `weights` names, None for a file path; unknown names are refused."""
+def weights_source(weights: str | os.PathLike) -> tuple[Entry | None, str]:
+    """`(entry, format)` of a weights name, `(None, format)` of an existing file path; a
+    `ValueError` for an unknown name (naming close ones), a missing file or an unknown file type."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be a name or a file path; received {type(weights).__name__}.")
     text = os.fspath(weights)
     if text in entries():
-        return entries()[text]
+        return entries()[text], entries()[text].format
     if isinstance(weights, os.PathLike) or os.sep in text or text.lower().endswith(_KERAS_SUFFIXES + _TORCH_SUFFIXES):
-        return None
+        return None, _format_of(os.path.expanduser(text))
     entry(text)  # raises, naming close matches
     raise AssertionError("unreachable")
 
