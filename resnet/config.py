@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import collections
 import contextlib
 import importlib.util
+import inspect
 import io
 import os
 import tokenize
@@ -15,6 +17,7 @@ from typing import Any, NamedTuple
 import gin
 
 from resnet.model import ResNet
+from resnet.registry import constructor_parameters
 
 _CONFIG_PACKAGE = "resnet.configs"
 
@@ -282,6 +285,21 @@ def differing_bindings(old: str, new: str, may_differ: Collection[str] = ()) -> 
         for key in sorted(old_bindings.keys() | new_bindings.keys())
         if old_bindings.get(key) != new_bindings.get(key) and configurable_parameter(key) not in may_differ
     ]
+
+
+def is_current_default(key: str, value: str) -> bool:
+    """Whether the binding `key = value` (gin text) sets a parameter of a registered configurable
+    to the default it has in this code: what a config recorded before that parameter existed
+    implicitly meant. Values that are not Python literals (references, macros) never are."""
+    configurable, _, parameter = configurable_parameter(key).rpartition(".")
+    try:
+        cls = gin.get_configurable(configurable)
+        literal = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError):
+        return False
+    found = constructor_parameters(cls) if isinstance(cls, type) else inspect.signature(cls).parameters
+    default = found[parameter].default if parameter in found else inspect.Parameter.empty
+    return default is not inspect.Parameter.empty and type(default) is type(literal) and default == literal
 
 
 def _canonical(bindings: Mapping[str, str]) -> dict[str, str]:

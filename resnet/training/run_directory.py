@@ -32,7 +32,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from resnet.config import differing_bindings
+from resnet.config import differing_bindings, is_current_default
 from resnet.storage import owners
 from resnet.storage.files import join, read_bytes, read_text, write_atomically
 from resnet.training.metrics_log import METRICS_COLUMNS, MetricsLog
@@ -273,7 +273,8 @@ class RunDirectory:
         """Refuses an operative config that is not the recorded run's. Reads, never writes.
 
         The two configs are compared binding by binding (comments, layout and order do not
-        count); `RESUMABLE_BINDINGS` may differ. A directory without a recorded config passes, and
+        count); `RESUMABLE_BINDINGS` may differ, and so may a parameter added to the code since
+        the run was recorded, when it is at its default (the recorded run used that behaviour). A directory without a recorded config passes, and
         so does one that is not yet a run (`started()` is False: a run that failed before its
         first backup, e.g. on a wrong weights path, may be started again with another config).
 
@@ -298,6 +299,10 @@ class RunDirectory:
                 f"`--model_dir` {self.path!r} holds an operative_config.gin that cannot be parsed ({error}); "
                 "use a new `--model_dir`, or repair the file if this is the same run."
             ) from None
+        # A parameter this version added, at its default, changes nothing the recorded run did.
+        changed = [
+            (key, old, new) for key, old, new in changed if old != "(not bound)" or not is_current_default(key, new)
+        ]
         if not changed:
             return
         lines = [f"  {key}: {old} -> {new}" for key, old, new in changed]

@@ -195,6 +195,23 @@ def test_another_run_is_refused_listing_every_difference(location, recorded):
     assert files_below(location) == before  # nothing written
 
 
+def test_a_parameter_added_since_the_run_began_counts_only_away_from_its_default(location, recorded):
+    # A run recorded before `Preprocessing.interpolation` and `PretrainedWeights.name` existed.
+    assert "Preprocessing.interpolation = 'bilinear'" in recorded
+    before = recorded.replace("Preprocessing.interpolation = 'bilinear'\n", "")
+    run = started_run(location, before)
+    run.check_same_run(recorded)  # the new parameter at its default: the same run
+    with pytest.raises(RunDirectoryMismatch, match=r"Preprocessing.interpolation: \(not bound\) -> 'bicubic'"):
+        run.check_same_run(recorded.replace("interpolation = 'bilinear'", "interpolation = 'bicubic'"))
+    with pytest.raises(RunDirectoryMismatch, match=r"Preprocessing.interpolation: 'bilinear' -> \(not bound\)"):
+        started_run(f"{location}/other", recorded).check_same_run(before)
+    assert not config.is_current_default("Preprocessing.interpolation", "@bilinear")
+    assert not config.is_current_default("Preprocessing.nonexistent", "'bilinear'")
+    assert not config.is_current_default("Unknown.interpolation", "'bilinear'")
+    assert config.is_current_default("BottleneckBlock.stride_on", "'3x3'")  # a Keras layer registered with gin
+    assert not config.is_current_default("BottleneckBlock.groups", "1.0")  # another type is another value
+
+
 def test_module_qualifiers_that_name_other_configurables_count(location):
     run = started_run(location, "a.Block.width = 1\nb.Block.width = 2\n")
     run.check_same_run("b.Block.width = 2\na.Block.width = 1\n")
