@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import re
 import sys
@@ -142,7 +143,12 @@ def fetch(
             return path
         log(f"The cached {path} is damaged ({damage}); downloading it again.")
     source = source_url(url)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as error:
+        raise WeightsDownloadError(
+            f"Cannot create the weights cache ({error}); give another directory with `cache_dir` or ${CACHE_ENV}."
+        ) from None
     _remove_abandoned_partials(os.path.dirname(path))
     partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial")
     log(f"Downloading {source} to {path}")
@@ -169,36 +175,53 @@ def _file_name(url: str) -> str:
 
 
 def _download(source: str, partial: str, url: str, path: str, progress: bool) -> None:
-    """Writes the file at `source` to `partial`; raises `WeightsDownloadError` unless it all arrived."""
+    """Writes the file at `source` to `partial`; raises `WeightsDownloadError` unless it all arrived.
+
+    Network failures are told apart from failures to write the file (which name the file)."""
     by_hand = f"To use it without the network, download {url} elsewhere and place it at {path}"
-    received, announced = 0, None
     try:
-        with urllib.request.urlopen(source, timeout=TIMEOUT_SECONDS) as response, open(partial, "wb") as out:
-            length = response.headers.get("Content-Length")
-            announced = int(length) if length and length.isdigit() else None
-            bar = _Progress(announced) if progress else None
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                if bar is not None:
-                    bar.update(received)
+        response = urllib.request.urlopen(source, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as error:
         raise WeightsDownloadError(
             f"Could not download {source}: HTTP {error.code} {error.reason}. {by_hand}."
         ) from None
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
-        if received:
-            raise WeightsDownloadError(
-                f"The download of {source} broke off after {received} bytes ({reason}); nothing was kept. "
-                "Run again to retry."
-            ) from None
         raise WeightsDownloadError(f"Could not download {source} ({reason}): offline? {by_hand}.") from None
+    received = 0
+    with response, _writable(partial) as out:
+        length = response.headers.get("Content-Length")
+        announced = int(length) if length and length.isdigit() else None
+        bar = _Progress(announced) if progress else None
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as error:
+                raise WeightsDownloadError(
+                    f"The download of {source} broke off after {received} bytes ({error}); nothing was kept. "
+                    "Run again to retry."
+                ) from None
+            if not chunk:
+                break
+            out.write(chunk)
+            received += len(chunk)
+            if bar is not None:
+                bar.update(received)
     if announced is not None and received != announced:
         raise WeightsDownloadError(
             f"The download of {source} ended after {received} of {announced} bytes; nothing was kept. "
             "Run again to retry."
         )
+
+
+def _writable(path: str):
+    """`path` opened for writing, or a `WeightsDownloadError` saying the cache cannot be written."""
+    try:
+        return open(path, "wb")
+    except OSError as error:
+        raise WeightsDownloadError(
+            f"Cannot write to the weights cache ({error}); give another directory with `cache_dir` or ${CACHE_ENV}."
+        ) from None
 
 
 class _Progress:

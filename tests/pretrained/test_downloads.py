@@ -368,3 +368,16 @@ def test_keras_weights_by_name_take_rgb_with_the_mean_in_rgb_order(server, monke
     prep = pretrained.preprocessing(item.name)
     normalized = (rgb - np.array(prep.mean, np.float32)) / np.array(prep.std, np.float32)
     assert relative_error(ours(normalized).numpy(), theirs) <= 1e-4
+
+
+def test_an_unwritable_cache_is_named_not_taken_for_a_network_failure(server, monkeypatch, tmp_path):
+    content = npz_bytes(resnet20_state(7), tmp_path / "w.npz")
+    item = add_entry(monkeypatch, "cifar/resnet20.test_in1k", content, "resnet20-test.npz")
+    server.files[served_path(item)] = content
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(pretrained.WeightsDownloadError, match=r"Cannot create the weights cache .*RESNET_WEIGHTS_DIR"):
+        pretrained.weights_file(item.name, cache_dir=tmp_path / "file" / "cache", progress=False)
+    missing = add_entry(monkeypatch, "cifar/resnet20.missing", content, "resnet20-missing.npz")
+    with pytest.raises(pretrained.WeightsDownloadError, match=r"resnet20-missing.npz: HTTP 404 Not Found. To use it"):
+        pretrained.weights_file(missing.name, progress=False)
+    assert os.listdir(tmp_path / "cache") == []
