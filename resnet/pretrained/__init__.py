@@ -34,8 +34,10 @@ __all__ = [
     "class_names",
     "load_weights",
     "preprocessing",
+    "verified",
     "weights_file",
     "weights_info",
+    "weights_source",
 ]
 
 _KERAS_SUFFIXES = (".h5",)
