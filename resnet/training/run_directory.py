@@ -274,9 +274,10 @@ class RunDirectory:
 
         The two configs are compared binding by binding (comments, layout and order do not
         count); `RESUMABLE_BINDINGS` may differ, and so may a parameter added to the code since
-        the run was recorded, when it is at its default (the recorded run used that behaviour). A directory without a recorded config passes, and
-        so does one that is not yet a run (`started()` is False: a run that failed before its
-        first backup, e.g. on a wrong weights path, may be started again with another config).
+        the run was recorded, when it is at its default (the recorded run used that behaviour).
+        A directory without a recorded config passes, and so does one that is not yet a run
+        (`started()` is False: a run that failed before its first backup, e.g. on a wrong
+        weights path, may be started again with another config).
 
         Raises:
             RunDirectoryMismatch: Bindings differ; one message lists each (recorded -> now,
