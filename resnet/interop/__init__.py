@@ -16,10 +16,9 @@ of classes) and reports what it skipped.
   objects: `torch.save` files are read by `read_torch_file(path)` (`resnet.interop.torch_file`),
   which resolves only the globals of a state dict and runs no code of the file.
 
-A checkpoint in torch's legacy format (torch < 1.6, or `_use_new_zipfile_serialization=False`)
-is refused with how to convert it, in one line where torch is installed:
-
-    torch.save(torch.load("old.pth", weights_only=True), "new.pth")
+Both of `torch.save`'s formats are read: its zip archive (torch >= 1.6) and its legacy format
+(torch < 1.6, or `_use_new_zipfile_serialization=False`), in which the weights published before
+torch 1.6 (July 2020) were saved.
 
 Starting a training run from such weights, and freezing parts of the model, is training's
 business: see `resnet.training.finetune`.

@@ -1,8 +1,9 @@
 """torchvision / timm ResNet weights, from a state dict or a `.npz`, `.safetensors`, `.pth`, `.pt` or `.bin` file.
 
 No reader ever unpickles arbitrary objects, and none needs torch: `.npz` files are read with
-`allow_pickle=False`, and `torch.save` files (`.pth`, `.pt`, timm's `pytorch_model.bin`) by
-`resnet.interop.torch_file.read_torch_file`, which resolves only the globals of a state dict.
+`allow_pickle=False`, and `torch.save` files (`.pth`, `.pt`, timm's `pytorch_model.bin`), in its
+zip format or the legacy one of torch < 1.6, by `resnet.interop.torch_file.read_torch_file`, which
+resolves only the globals of a state dict.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def load_torch_state_dict(
         state_dict: Names (`conv1.weight`, `bn1.running_mean`, `layer1.0.conv2.weight`,
             `fc.bias`, ...) to NumPy arrays (or tensors with `.numpy()`), or a path to a
             `.npz` / `.safetensors` file of them, or to a file written by `torch.save`
-            (`.pth` / `.pt`, or timm's `pytorch_model.bin`; a checkpoint's `"state_dict"` or
-            `"model"` entry is used), read without torch by `read_torch_file`.
+            (`.pth` / `.pt`, or timm's `pytorch_model.bin`, in the zip format or the legacy
+            one of torch < 1.6; a checkpoint's `"state_dict"` or `"model"` entry is used), read
+            without torch by `read_torch_file`.
         skip_classifier: Do not load `fc.*` (for another number of classes).
 
     Returns:
