@@ -288,6 +288,8 @@ def served_resnet18(server, monkeypatch, tmp_path):
     return item
 
 
+# slow: an ImageNet-size model, downloaded and built twice; CI runs it, the quick loop does not.
+@pytest.mark.slow
 def test_a_name_classifies_with_its_preprocessing_and_class_names(served_resnet18):
     from resnet.classifier import Classifier
 

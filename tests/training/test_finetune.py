@@ -13,6 +13,8 @@ from resnet._internals import flatten_layers
 from resnet.training import finetune
 
 
+# slow: it builds and loads two ImageNet-size models; CI runs it, the quick loop does not.
+@pytest.mark.slow
 def test_pretrained_weights_from_gin_and_freezing(tmp_path):
     path = tmp_path / "resnet50.weights.h5"
     keras.applications.ResNet50(weights=None).save_weights(path)

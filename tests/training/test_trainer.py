@@ -100,6 +100,8 @@ def test_mixed_precision_training_steps(tmp_path, precision):
     assert all(np.isfinite(losses))
 
 
+# slow: compiling the step with XLA takes seconds; CI runs it, the quick loop does not.
+@pytest.mark.slow
 def test_xla_compiled_step_matches_the_plain_step(tmp_path):
     plain = make_trainer(tmp_path / "plain")
     weights = plain.model.get_weights()
