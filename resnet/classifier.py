@@ -98,9 +98,8 @@ def read_image(path: str) -> np.ndarray:
 
 
 def _keras_probabilities(model, preprocessing, from_logits: bool) -> Callable[[np.ndarray], np.ndarray]:
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    def probabilities(images):
-        outputs = model(preprocessing.serve(images), training=False)
-        return tf.nn.softmax(outputs) if from_logits else outputs
+    """The probabilities of an export's serving function (preprocessing, model, softmax), traced once for any size."""
+    from resnet.export.deploy import input_signature, serving_function
 
-    return lambda images: probabilities(images).numpy()
+    serve = tf.function(serving_function(model, preprocessing, from_logits), input_signature=input_signature())
+    return lambda images: serve(images)["probabilities"].numpy()

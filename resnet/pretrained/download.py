@@ -34,6 +34,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
+from resnet.storage.owners import alive
+
 CACHE_ENV = "RESNET_WEIGHTS_DIR"
 MIRROR_ENV = "RESNET_WEIGHTS_MIRROR"
 TIMEOUT_SECONDS = 60
@@ -249,18 +251,6 @@ def _remove_abandoned_partials(directory: str) -> None:
     """Removes `.<name>.<pid>.partial` files whose process has ended (a download killed mid-way)."""
     for entry in os.listdir(directory):
         match = _PARTIAL.fullmatch(entry)
-        if match and not _alive(int(match["pid"])):
+        if match and not alive(int(match["pid"]), started=None):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, entry))
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
